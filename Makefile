@@ -1,0 +1,41 @@
+# Kiln developer entry points. `make demo` and `make test` are the two newcomer commands.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRAS ?= builder,cpu,dev
+
+.PHONY: setup demo test lint typecheck contracts unit clean
+
+setup: $(STAMP)
+
+# Re-install whenever the project's declared dependencies change.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/lipsync/make_example.py
+	$(BIN)/kiln optimize examples/lipsync/optimizedmodel.yaml --output out/lipsync
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+contracts: $(STAMP)
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+# Every tier that needs no GPU; GPU tests report SKIPPED with their reason.
+test: lint typecheck contracts
+	$(BIN)/pytest
+
+clean:
+	rm -rf out .kiln .mypy_cache .ruff_cache .pytest_cache
