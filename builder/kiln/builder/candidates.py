@@ -1,0 +1,79 @@
+"""Which candidates a target gets, and why any of them is skipped: a pure decision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiln.api.spec import Backend, OptimizedModelSpec, Precision, SourceFormat
+from kiln.builder.environment import Capabilities, TargetPlan
+
+# Only these can be loaded by `kiln serve`; torch.compile is measured for comparison.
+SERVABLE = frozenset({Backend.ONNXRUNTIME, Backend.TENSORRT})
+
+
+@dataclass(frozen=True)
+class CandidatePlan:
+    backend: Backend
+    precision: Precision
+    device: str
+    skip: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend.value}-{self.device}-{self.precision.value}"
+
+
+_CPU = [
+    (Backend.PYTORCH, Precision.FP32),
+    (Backend.TORCH_COMPILE, Precision.FP32),
+    (Backend.ONNXRUNTIME, Precision.FP32),
+    (Backend.ONNXRUNTIME, Precision.INT8),
+]
+_CUDA = [
+    (Backend.PYTORCH, Precision.FP32),
+    (Backend.TORCH_COMPILE, Precision.FP32),
+    (Backend.ONNXRUNTIME, Precision.FP32),
+    (Backend.ONNXRUNTIME, Precision.FP16),
+    (Backend.TENSORRT, Precision.FP16),
+    (Backend.TENSORRT, Precision.INT8),
+]
+
+
+def baseline_of(spec: OptimizedModelSpec, device: str) -> CandidatePlan:
+    """PyTorch eager on the target's device; ONNX Runtime FP32 when the source is ONNX."""
+    if spec.source.resolved_format() is SourceFormat.ONNX:
+        return CandidatePlan(Backend.ONNXRUNTIME, Precision.FP32, device)
+    return CandidatePlan(Backend.PYTORCH, Precision.FP32, device)
+
+
+def plan_candidates(
+    spec: OptimizedModelSpec, target: TargetPlan, caps: Capabilities
+) -> list[CandidatePlan]:
+    onnx_source = spec.source.resolved_format() is SourceFormat.ONNX
+    baseline = baseline_of(spec, target.device)
+    plans: list[CandidatePlan] = []
+    for backend, precision in _CUDA if target.device == "cuda" else _CPU:
+        plan = CandidatePlan(backend, precision, target.device)
+        is_baseline = plan == baseline
+        if not is_baseline and (backend not in spec.backends or precision not in spec.precisions):
+            continue
+        plans.append(CandidatePlan(backend, precision, target.device, _skip(plan, target, caps, onnx_source)))
+    return plans
+
+
+def _skip(plan: CandidatePlan, target: TargetPlan, caps: Capabilities, onnx_source: bool) -> str | None:
+    if target.skip:
+        return target.skip
+    if onnx_source and plan.backend in (Backend.PYTORCH, Backend.TORCH_COMPILE):
+        return "the source is an ONNX model: there is no PyTorch module to run"
+    if plan.backend is Backend.TORCH_COMPILE and plan.device == "cpu" and not caps.cpp_compiler:
+        return "torch.compile on CPU needs a C++ compiler (none on PATH)"
+    if plan.device == "cuda":
+        if plan.backend is Backend.ONNXRUNTIME and "CUDAExecutionProvider" not in caps.ort_providers:
+            return (
+                "onnxruntime has no CUDAExecutionProvider (providers: "
+                f"{', '.join(caps.ort_providers)}); install kiln[gpu]"
+            )
+        if plan.backend is Backend.TENSORRT and caps.tensorrt is None:
+            return caps.tensorrt_reason
+    return None

@@ -1,0 +1,127 @@
+"""What this machine offers: devices, library versions, and the targets a spec gets here."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+from dataclasses import dataclass, field
+
+from kiln.api.keys import BUILDER_VERSION
+from kiln.api.spec import Targets
+from kiln.api.status import Environment
+
+
+def gpu_product_label(device_name: str) -> str:
+    """`NVIDIA H100 80GB HBM3` -> `NVIDIA-H100-80GB-HBM3`, as NVIDIA's GPU feature discovery
+    writes it into the `nvidia.com/gpu.product` node label."""
+    return "-".join(device_name.split())
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Facts that decide which candidates can run; detected once per run."""
+
+    cuda_device: str | None  # product label of GPU 0, or None
+    cuda_reason: str  # why there is no CUDA device
+    ort_providers: list[str] = field(default_factory=list)
+    tensorrt: str | None = None
+    tensorrt_reason: str = ""
+    cpp_compiler: bool = True
+
+    @staticmethod
+    def detect() -> Capabilities:
+        import onnxruntime
+        import torch
+
+        if torch.cuda.is_available():
+            device = gpu_product_label(torch.cuda.get_device_name(0))
+            reason = ""
+        else:
+            device, reason = None, "no CUDA device (torch.cuda.is_available() is False)"
+        try:
+            import tensorrt
+
+            trt_version: str | None = str(tensorrt.__version__)
+            trt_reason = ""
+        except Exception as exc:  # ImportError, or a stub that fails on import
+            trt_version = None
+            trt_reason = f"tensorrt is not installed ({type(exc).__name__}); install kiln[gpu]"
+        return Capabilities(
+            cuda_device=device,
+            cuda_reason=reason,
+            ort_providers=list(onnxruntime.get_available_providers()),
+            tensorrt=trt_version,
+            tensorrt_reason=trt_reason,
+            cpp_compiler=shutil.which("c++") is not None or shutil.which("g++") is not None,
+        )
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    name: str  # "cpu" or a GPU product label
+    device: str  # "cpu" or "cuda"
+    skip: str | None = None
+
+
+def plan_targets(targets: Targets, caps: Capabilities) -> list[TargetPlan]:
+    """Targets for an in-process run: the CPU, and this machine's GPU if the spec wants it.
+
+    GPU targets that cannot run here are still listed, SKIPPED with the reason, so the report
+    shows what a GPU machine would add."""
+    plans: list[TargetPlan] = []
+    if targets.cpu:
+        plans.append(TargetPlan("cpu", "cpu"))
+    wanted = targets.gpu_types
+    if caps.cuda_device is None:
+        for name in wanted or ["cuda"]:
+            plans.append(TargetPlan(name, "cuda", caps.cuda_reason))
+        return plans
+    if not wanted or caps.cuda_device in wanted:
+        plans.append(TargetPlan(caps.cuda_device, "cuda"))
+    for name in wanted:
+        if name != caps.cuda_device:
+            plans.append(
+                TargetPlan(name, "cuda", f"GPU type {name} is not on this machine ({caps.cuda_device})")
+            )
+    return plans
+
+
+def environment(target: TargetPlan, caps: Capabilities, threads: int | None) -> Environment:
+    import torch
+
+    if target.device == "cuda" and caps.cuda_device:
+        device_name = caps.cuda_device
+    else:
+        device_name = _cpu_model()
+    return Environment(
+        device_type=target.name,
+        device_name=device_name,
+        torch=torch.__version__,
+        onnx=_version("onnx"),
+        onnxruntime=_version("onnxruntime") or _version("onnxruntime-gpu"),
+        tensorrt=caps.tensorrt if target.device == "cuda" else None,
+        cuda=torch.version.cuda if target.device == "cuda" else None,
+        cpu_threads=threads or os.cpu_count(),
+        builder=BUILDER_VERSION,
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()

@@ -1,0 +1,66 @@
+"""Stage: export a PyTorch module to ONNX with a dynamic batch axis."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kiln.api.errors import KilnInputError
+from kiln.api.spec import OptimizedModelSpec, SourceFormat
+from kiln.builder.feeds import random_feeds
+
+_UNSUPPORTED = re.compile(r"(?:Unsupported|No decompositions registered|not supported)[^\n]*")
+
+
+def export_settings(spec: OptimizedModelSpec) -> dict[str, Any]:
+    """Everything besides the model that changes the exported graph (part of its cache key)."""
+    return {
+        "opset": spec.opset,
+        "inputs": [t.to_wire() for t in spec.inputs],
+        "outputs": spec.outputs,
+        "exporter": "torchscript" if _legacy(spec) else "dynamo",
+        "torch": torch.__version__,
+    }
+
+
+def _legacy(spec: OptimizedModelSpec) -> bool:
+    # The dynamo exporter traces Python modules; TorchScript archives go through the
+    # TorchScript-based exporter, which is what they were written for.
+    return spec.source.resolved_format() is SourceFormat.TORCHSCRIPT
+
+
+def export_onnx(module: Any, spec: OptimizedModelSpec, out: Path) -> None:
+    # Batch 2, not 1: tracing at 1 lets the exporter specialise the batch axis to a constant.
+    batch = 2 if all(t.dynamic_batch for t in spec.inputs) else spec.batch_sizes[0]
+    feeds = random_feeds(spec.inputs, batch, seed=1)
+    args = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
+    names = [t.name for t in spec.inputs]
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            if _legacy(spec):
+                torch.onnx.export(
+                    module, args, str(out), input_names=names, output_names=spec.outputs,
+                    dynamic_axes={t.name: {0: "batch"} for t in spec.inputs if t.dynamic_batch}
+                    | {o: {0: "batch"} for o in spec.outputs},
+                    opset_version=spec.opset, dynamo=False,
+                )
+            else:
+                dim = torch.export.Dim("batch", min=1, max=4096)
+                torch.onnx.export(
+                    module, args, str(out), input_names=names, output_names=spec.outputs,
+                    dynamic_shapes={t.name: ({0: dim} if t.dynamic_batch else {}) for t in spec.inputs},
+                    opset_version=spec.opset, dynamo=True, external_data=False,
+                )
+    except Exception as exc:
+        text = str(exc)
+        match = _UNSUPPORTED.search(text)
+        detail = match.group(0) if match else (text.strip().splitlines() or [type(exc).__name__])[0]
+        raise KilnInputError(
+            "spec.source", f"the ONNX exporter cannot handle this model: {detail[:400]}"
+        ) from None

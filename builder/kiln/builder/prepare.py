@@ -1,0 +1,217 @@
+"""The export half of the flow, once per model digest: fetch, check, export to ONNX, check
+parity with PyTorch, quantize once to Q/DQ, convert to FP16 for GPU targets, and compute the
+FP32 reference outputs every candidate is judged against.
+
+Inputs are checked first (spec, source, calibration set) so a bad input fails in seconds,
+before any export runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime
+
+from kiln.api.errors import KilnInputError
+from kiln.api.keys import cache_key
+from kiln.api.spec import Precision, SourceFormat
+from kiln.api.status import State
+from kiln.builder.calibration import CalibrationSet, fetch_calibration, iter_samples
+from kiln.builder.context import BuildContext
+from kiln.builder.export import export_onnx, export_settings
+from kiln.builder.feeds import random_feeds, split
+from kiln.builder.fetch import FetchedSource, fetch_source
+from kiln.builder.fp16 import convert_fp16
+from kiln.builder.onnx_model import check_onnx_signature, load_onnx
+from kiln.builder.quantize import quantize_qdq
+from kiln.builder.stages import StageFailed, StageResult, timed
+from kiln.builder.torch_source import check_torch_signature, load_torch_module
+from kiln.builder.verify import compare
+from kiln.runtime.base import Array, Feeds, infer
+from kiln.runtime.ort_runner import OrtRunner
+from kiln.runtime.torch_runner import TorchRunner
+
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    key: str
+    path: Path
+    uri: str
+    cached: bool
+
+
+@dataclass
+class Prepared:
+    source: FetchedSource
+    module: Any | None  # None for ONNX sources
+    onnx: ModelArtifact
+    calibration: CalibrationSet | None
+    samples: list[Feeds]
+    references: list[list[Array]]
+    qdq: ModelArtifact | None = None
+    qdq_error: str | None = None
+    fp16: ModelArtifact | None = None
+    fp16_error: str | None = None
+    stages: list[StageResult] = field(default_factory=list)
+
+
+def _ort_version() -> str:
+    return str(onnxruntime.__version__)
+
+
+def _model_artifact(
+    ctx: BuildContext, stage: StageResult, key: str, build: Any, meta: dict[str, Any]
+) -> ModelArtifact:
+    """Reuse `key` from storage when complete, else build it locally and publish it."""
+    if not ctx.force and ctx.artifacts.manifest(key) is not None:
+        stage.cached = True
+        path = ctx.artifacts.fetch(key, MODEL_FILE)
+        return ModelArtifact(key, path, ctx.artifacts.location(key, MODEL_FILE).uri, True)
+    out = ctx.work_dir / key / MODEL_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build(out)
+    ctx.artifacts.publish(key, {MODEL_FILE: out}, meta)
+    return ModelArtifact(key, out, ctx.artifacts.location(key, MODEL_FILE).uri, False)
+
+
+def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
+    spec = ctx.spec
+    stages: list[StageResult] = []
+
+    with ctx.reporter.step("fetch source and calibration set"), timed(StageResult("fetch")) as st:
+        source = fetch_source(ctx)
+        calibration = fetch_calibration(ctx) if spec.calibration is not None else None
+    stages.append(st)
+
+    onnx_source = spec.source.resolved_format() is SourceFormat.ONNX
+    module: Any | None = None
+    with ctx.reporter.step("load and check the model"), timed(StageResult("check")) as st:
+        if onnx_source:
+            check_onnx_signature(load_onnx(source.path, "spec.source.uri"), spec)
+        else:
+            module = load_torch_module(spec, source.path, ctx.base_dir)
+            check_torch_signature(module, spec)
+    stages.append(st)
+
+    samples = _verification_samples(ctx, calibration)
+    references = _references(ctx, module, source.path, samples)
+
+    with ctx.reporter.step("export to ONNX"), timed(StageResult("export")) as st:
+        settings = export_settings(spec) if not onnx_source else {"asIs": True}
+        key = cache_key("onnx", model=source.digest, settings=settings)
+
+        def build_onnx(out: Path) -> None:
+            if onnx_source:
+                out.write_bytes(source.path.read_bytes())
+                return
+            export_onnx(module, spec, out)
+            check_onnx_signature(load_onnx(out, "exported model"), spec)
+            _check_parity(ctx, out, samples, references, st)
+
+        onnx_model = _model_artifact(
+            ctx, st, key, build_onnx, {"stage": "export", "source": source.uri, **settings}
+        )
+    stages.append(st)
+
+    prepared = Prepared(source, module, onnx_model, calibration, samples, references, stages=stages)
+    if Precision.INT8 in spec.precisions and calibration is not None:
+        _quantize(ctx, prepared)
+    if want_fp16:
+        _fp16(ctx, prepared)
+    return prepared
+
+
+def _verification_samples(ctx: BuildContext, calibration: CalibrationSet | None) -> list[Feeds]:
+    """Real data where the user gave some (the calibration set), seeded noise otherwise."""
+    count = ctx.spec.accuracy.samples
+    if calibration is not None:
+        return list(iter_samples(calibration, ctx.spec, count))
+    return split(random_feeds(ctx.spec.inputs, count, seed=1234))
+
+
+def _references(
+    ctx: BuildContext, module: Any | None, source: Path, samples: list[Feeds]
+) -> list[list[Array]]:
+    names = [t.name for t in ctx.spec.inputs]
+    reference: Any
+    if module is not None:
+        reference = TorchRunner("reference", module, names, "cpu")
+    else:
+        reference = OrtRunner("reference", source, ctx.spec.outputs, "cpu")
+    return [infer(reference, s) for s in samples]
+
+
+def _check_parity(
+    ctx: BuildContext,
+    model: Path,
+    samples: list[Feeds],
+    references: list[list[Array]],
+    stage: StageResult,
+) -> None:
+    runner = OrtRunner("parity", model, ctx.spec.outputs, "cpu")
+    outputs = [infer(runner, s) for s in samples]
+    result = compare(outputs, references, ctx.spec.outputs, ctx.spec.accuracy, Precision.FP32)
+    stage.detail["parity"] = f"max abs error {result.max_abs_error:.3g}"
+    if not result.passed:
+        stage.state = State.FAILED
+        stage.reason = (
+            "ONNX Runtime output of the exported model differs from PyTorch beyond "
+            f"spec.accuracy ({result.criterion}; max abs error {result.max_abs_error:.3g})"
+        )
+        raise StageFailed(stage)
+
+
+def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
+    cal = ctx.spec.calibration
+    assert cal is not None and prepared.calibration is not None
+    calibration = prepared.calibration
+    key = cache_key(
+        "qdq",
+        onnx=prepared.onnx.key,
+        calibration=calibration.digest,
+        samples=cal.samples,
+        method=cal.method.value,
+        percentile=cal.percentile,
+        onnxruntime=_ort_version(),
+    )
+    with ctx.reporter.step(
+        f"quantize to Q/DQ INT8 ({cal.method.value}, {cal.samples} samples)", total=cal.samples
+    ) as step, timed(StageResult("quantize")) as st:
+        try:
+            prepared.qdq = _model_artifact(
+                ctx,
+                st,
+                key,
+                lambda out: quantize_qdq(
+                    prepared.onnx.path,
+                    out,
+                    iter_samples(calibration, ctx.spec, cal.samples),
+                    cal.method,
+                    cal.percentile,
+                    step,
+                ),
+                {"stage": "quantize", "calibration": calibration.uri, "method": cal.method.value},
+            )
+        except KilnInputError:
+            raise
+        except Exception as exc:  # INT8 candidates fail with this reason; others go on
+            st.state, st.reason = State.FAILED, f"quantization failed: {exc}"
+            prepared.qdq_error = st.reason
+    prepared.stages.append(st)
+
+
+def _fp16(ctx: BuildContext, prepared: Prepared) -> None:
+    key = cache_key("fp16", onnx=prepared.onnx.key, onnxruntime=_ort_version())
+    with ctx.reporter.step("convert to FP16 ONNX"), timed(StageResult("fp16")) as st:
+        try:
+            prepared.fp16 = _model_artifact(
+                ctx, st, key, lambda out: convert_fp16(prepared.onnx.path, out), {"stage": "fp16"}
+            )
+        except Exception as exc:
+            st.state, st.reason = State.FAILED, f"FP16 conversion failed: {exc}"
+            prepared.fp16_error = st.reason
+    prepared.stages.append(st)
+

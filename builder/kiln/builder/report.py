@@ -1,0 +1,142 @@
+"""Human reports of a status block: table rows, Markdown, and HTML with an inline SVG chart.
+
+All pure: status in, text out."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+
+from kiln.api.status import CandidateStatus, OptimizedModelStatus, TargetStatus
+
+COLUMNS = [
+    "target", "candidate", "precision", "device", "state", "batch", "p50 ms", "p99 ms",
+    "throughput/s", "speedup", "rel. error", "gate", "selected",
+]
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def rows(status: OptimizedModelStatus) -> list[list[str]]:
+    out: list[list[str]] = []
+    for target in status.targets:
+        for c in target.candidates:
+            gate = "-" if c.accuracy is None else ("pass" if c.accuracy.passed else "FAIL")
+            state = c.state.value + (" (cached)" if c.cached else "")
+            out.append([
+                target.name, c.backend.value, c.precision.value, c.device, state,
+                _num(c.batch_size, 6) if c.batch_size else "-",
+                _num(c.latency_ms.p50 if c.latency_ms else None),
+                _num(c.latency_ms.p99 if c.latency_ms else None),
+                _num(c.throughput, 4),
+                "-" if c.speedup is None else f"{c.speedup:.2f}x",
+                _num(c.accuracy.relative_error if c.accuracy else None, 2),
+                gate,
+                "*" if target.selected == c.name else ("baseline" if target.baseline == c.name else ""),
+            ])
+    return out
+
+
+def reasons(status: OptimizedModelStatus) -> list[str]:
+    """Why each skipped or failed candidate did not run, once per distinct reason."""
+    seen: dict[str, list[str]] = {}
+    for target in status.targets:
+        for c in target.candidates:
+            if c.reason:
+                seen.setdefault(c.reason, []).append(f"{c.name}@{target.name}")
+    return [f"{', '.join(names)}: {reason}" for reason, names in seen.items()]
+
+
+def render_markdown(name: str, status: OptimizedModelStatus) -> str:
+    lines = [f"# Kiln report: {name}", "", f"**Phase:** {status.phase.value}  "]
+    if status.summary:
+        lines.append(f"**Summary:** {status.summary}  ")
+    if status.message:
+        lines.append(f"**Message:** {status.message}  ")
+    if status.model_digest:
+        lines.append(f"**Model digest:** `{status.model_digest}`")
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(status)]
+    for target in status.targets:
+        lines += ["", f"## Target {target.name}", ""]
+        if target.environment:
+            env = target.environment
+            lines.append(
+                f"Measured on {env.device_name} with torch {env.torch}, onnxruntime "
+                f"{env.onnxruntime}, tensorrt {env.tensorrt or '-'}, {env.cpu_threads} CPU threads."
+            )
+        lines.append(f"Selected: **{target.selected or 'none'}** — {target.selection_reason or target.reason or ''}")
+        lines += ["", "| candidate | batch | p50 ms | p90 ms | p99 ms | throughput/s | speedup | spread % | windows | stable |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in target.candidates:
+            for b in c.benchmarks:
+                lines.append(
+                    f"| {c.name} | {b.batch_size} | {b.latency_ms.p50:.3g} | {b.latency_ms.p90:.3g} "
+                    f"| {b.latency_ms.p99:.3g} | {b.throughput:.4g} | "
+                    f"{'-' if b.speedup is None else f'{b.speedup:.2f}x'} | {b.spread_percent:.1f} "
+                    f"| {b.windows} | {'yes' if b.stable else 'no (time cap)'} |"
+                )
+    notes = reasons(status)
+    if notes:
+        lines += ["", "## Skipped and failed", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _bars(target: TargetStatus, width: int = 640) -> str:
+    """Horizontal bars of throughput at the decision batch size, one per measured candidate."""
+    measured = [c for c in target.candidates if c.throughput]
+    if not measured:
+        return ""
+    top = max(c.throughput or 0.0 for c in measured)
+    bar_h, label_w = 22, 220
+    height = bar_h * len(measured) + 10
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    for i, c in enumerate(measured):
+        y = 5 + i * bar_h
+        w = (width - label_w - 120) * (c.throughput or 0.0) / top
+        colour = "#2e7d32" if c.name == target.selected else ("#9e9e9e" if c.name == target.baseline else "#1565c0")
+        if c.accuracy is not None and not c.accuracy.passed:
+            colour = "#c62828"
+        label = html.escape(c.name)
+        speed = "" if c.speedup is None else f" {c.speedup:.2f}x"
+        p99 = f", p99 {c.latency_ms.p99:.3g} ms" if c.latency_ms else ""
+        parts.append(f'<text x="0" y="{y + 15}" font-size="12">{label}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{bar_h - 6}" fill="{colour}"/>')
+        parts.append(
+            f'<text x="{label_w + w + 4:.1f}" y="{y + 15}" font-size="11">'
+            f"{c.throughput:.4g}/s{speed}{p99}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(name: str, status: OptimizedModelStatus) -> str:
+    def table(header: Iterable[str], body: Iterable[Iterable[str]]) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        rows_ = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in body)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows_}</tbody></table>"
+
+    sections = []
+    for target in status.targets:
+        sections.append(
+            f"<h2>Target {html.escape(target.name)}</h2>"
+            f"<p>Selected: <b>{html.escape(target.selected or 'none')}</b> — "
+            f"{html.escape(target.selection_reason or target.reason or '')}</p>"
+            f"<p>Throughput at the decision batch size (green: selected, grey: baseline, "
+            f"red: failed its accuracy gate)</p>{_bars(target)}"
+        )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in reasons(status))
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>Kiln report: {html.escape(name)}</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style></head><body>"
+        f"<h1>Kiln report: {html.escape(name)}</h1>"
+        f"<p><b>Phase:</b> {html.escape(status.phase.value)}<br><b>Summary:</b> "
+        f"{html.escape(status.summary or status.message or '')}</p>"
+        f"{table(COLUMNS, rows(status))}{''.join(sections)}"
+        f"{'<h2>Skipped and failed</h2><ul>' + notes + '</ul>' if notes else ''}"
+        "</body></html>\n"
+    )

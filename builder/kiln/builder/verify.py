@@ -1,0 +1,63 @@
+"""Stage: check a candidate's outputs against the PyTorch FP32 reference (pure)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.api.spec import Accuracy, Precision
+from kiln.api.status import AccuracyResult, OutputError
+from kiln.runtime.base import Array
+
+
+def relative_error(y: Array, ref: Array) -> float:
+    ref64 = ref.astype(np.float64)
+    denom = float(np.linalg.norm(ref64))
+    diff = float(np.linalg.norm(y.astype(np.float64) - ref64))
+    return diff / denom if denom > 0 else diff
+
+
+def compare(
+    outputs: list[list[Array]],
+    references: list[list[Array]],
+    names: list[str],
+    accuracy: Accuracy,
+    precision: Precision,
+) -> AccuracyResult:
+    """`outputs[s][o]` is sample s, output o. FP32/FP16 candidates must be element-wise close
+    (|y - ref| <= atol + rtol * |ref|); INT8 ones are judged on relative L2 error, since
+    element-wise closeness is not a meaningful bar for quantized outputs."""
+    per_output: list[OutputError] = []
+    for index, name in enumerate(names):
+        y = np.concatenate([sample[index].reshape(-1) for sample in outputs]).astype(np.float64)
+        ref = np.concatenate([sample[index].reshape(-1) for sample in references]).astype(np.float64)
+        if y.shape != ref.shape:
+            per_output.append(OutputError(name=name, max_abs_error=float("inf"), relative_error=float("inf"), passed=False))
+            continue
+        max_abs = float(np.max(np.abs(y - ref))) if y.size else 0.0
+        rel = relative_error(y, ref)
+        tol = accuracy.tolerance(name)
+        if precision is Precision.INT8:
+            passed = rel <= accuracy.int8_max_degradation
+        else:
+            atol, rtol = (tol.fp16_atol, tol.fp16_rtol) if precision is Precision.FP16 else (tol.atol, tol.rtol)
+            passed = bool(np.all(np.abs(y - ref) <= atol + rtol * np.abs(ref)))
+        per_output.append(OutputError(name=name, max_abs_error=max_abs, relative_error=rel, passed=passed))
+    return AccuracyResult(
+        passed=all(o.passed for o in per_output),
+        criterion=criterion(accuracy, precision, names),
+        samples=len(outputs),
+        max_abs_error=max(o.max_abs_error for o in per_output),
+        relative_error=max(o.relative_error for o in per_output),
+        outputs=per_output,
+    )
+
+
+def criterion(accuracy: Accuracy, precision: Precision, names: list[str]) -> str:
+    if precision is Precision.INT8:
+        return f"relative L2 error <= {accuracy.int8_max_degradation:g}"
+    parts = []
+    for name in names:
+        tol = accuracy.tolerance(name)
+        atol, rtol = (tol.fp16_atol, tol.fp16_rtol) if precision is Precision.FP16 else (tol.atol, tol.rtol)
+        parts.append(f"{name}: |y-ref| <= {atol:g} + {rtol:g}*|ref|")
+    return "; ".join(parts)

@@ -1,0 +1,190 @@
+"""The `kiln` command. Heavy imports (torch, onnxruntime) happen inside commands, so
+`kiln --help` and the operator's commands stay fast and torch-free."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from kiln.api.errors import KilnInputError
+
+if TYPE_CHECKING:
+    from kiln.api.spec import OptimizedModel
+    from kiln.api.status import OptimizedModelStatus
+    from kiln.builder.pipeline import Outcome
+    from kiln.builder.progress import Reporter
+
+app = typer.Typer(
+    name="kiln",
+    help="Turn a PyTorch model into the fastest verified inference engine per GPU type.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class ReportFormat(StrEnum):
+    markdown = "markdown"
+    html = "html"
+    both = "both"
+
+
+@app.callback()
+def _root() -> None:
+    """Kiln: builder, benchmark and (in a cluster) operator for OptimizedModel resources."""
+
+
+@app.command()
+def optimize(
+    spec: Annotated[Path, typer.Argument(help="OptimizedModel YAML, as you would kubectl apply")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="folder for status.json and the report [out/NAME]"),
+    ] = None,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(
+            help="artifact store URI (path, file://, s3://); overrides spec.artifacts.uri "
+            "[spec.artifacts.uri, else .kiln/artifacts]"
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="local folder for downloads [$XDG_CACHE_HOME/kiln or ~/.cache/kiln]"),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="rebuild and re-measure even when cached")
+    ] = False,
+    report: Annotated[
+        ReportFormat, typer.Option(help="report format written next to status.json")
+    ] = ReportFormat.both,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")] = False,
+) -> None:
+    """Export, quantize, build, verify, benchmark and select, on this machine.
+
+    Prints a table of every candidate and writes OUTPUT/status.json (the status block the
+    operator writes to the resource) plus report.md / report.html. A second run of an
+    unchanged spec reuses every stored artifact and result. Exit codes: 0 done (Ready or
+    NoImprovement), 1 a stage failed, 2 bad input (the message names the field or file).
+    """
+    from kiln.api.load import load_file
+    from kiln.builder.progress import RichReporter, SilentReporter
+
+    reporter: Reporter = SilentReporter() if quiet else RichReporter()
+    try:
+        model = load_file(spec)
+    except KilnInputError as exc:
+        _fail_input(exc)
+    out_dir = output or Path("out") / model.metadata.name
+    try:
+        outcome = _run(model, spec, artifacts, cache_dir, force, reporter)
+    except KilnInputError as exc:
+        _write_failed(out_dir, str(exc))
+        _fail_input(exc)
+    status = outcome.status
+    _write_outputs(out_dir, model.metadata.name, status, report)
+    if not quiet:
+        _print_table(status, [s.line() for s in outcome.stages])
+        typer.echo(f"status: {out_dir / 'status.json'}", err=True)
+    if status.phase.value == "Failed":
+        typer.echo(f"error: {status.message or status.summary}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _run(
+    model: OptimizedModel,
+    spec_path: Path,
+    artifacts: str | None,
+    cache_dir: Path | None,
+    force: bool,
+    reporter: Reporter,
+) -> Outcome:
+    # Imported here: torch/onnx load only for commands that need them.
+    from kiln.builder.context import BuildContext
+    from kiln.builder.pipeline import optimize as run_pipeline
+    from kiln.storage.artifacts import ArtifactStore
+    from kiln.storage.objects import Storage, parse_uri
+
+    base_dir = spec_path.resolve().parent
+    root_uri = artifacts or model.spec.artifacts.uri
+    root = parse_uri(root_uri, base_dir) if root_uri else parse_uri(".kiln/artifacts")
+    cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln"
+    storage = Storage()
+    with tempfile.TemporaryDirectory(prefix="kiln-") as work:
+        ctx = BuildContext(
+            model=model,
+            base_dir=base_dir,
+            storage=storage,
+            artifacts=ArtifactStore(storage, root, cache / "objects"),
+            work_dir=Path(work),
+            cache_dir=cache,
+            reporter=reporter,
+            force=force,
+        )
+        return run_pipeline(ctx)
+
+
+def _fail_input(exc: KilnInputError) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _write_failed(out_dir: Path, message: str) -> None:
+    from kiln.api.status import OptimizedModelStatus, Phase
+
+    status = OptimizedModelStatus(phase=Phase.FAILED, message=message)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "status.json").write_text(json.dumps(status.to_wire(), indent=2) + "\n")
+
+
+def _write_outputs(
+    out_dir: Path, name: str, status: OptimizedModelStatus, fmt: ReportFormat
+) -> None:
+    from kiln.builder.report import render_html, render_markdown
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "status.json").write_text(json.dumps(status.to_wire(), indent=2) + "\n")
+    if fmt in (ReportFormat.markdown, ReportFormat.both):
+        (out_dir / "report.md").write_text(render_markdown(name, status))
+    if fmt in (ReportFormat.html, ReportFormat.both):
+        (out_dir / "report.html").write_text(render_html(name, status))
+
+
+def _print_table(status: OptimizedModelStatus, stage_lines: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kiln.builder.report import COLUMNS, reasons, rows
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = 170  # a Job log or a pipe: keep the table's columns readable
+    for line in stage_lines:
+        console.print(line, highlight=False)
+    table = Table(title=f"Kiln: {status.phase.value}")
+    for column in COLUMNS:
+        table.add_column(column)
+    for row in rows(status):
+        table.add_row(*row)
+    console.print(table)
+    for note in reasons(status):
+        console.print(f"  {note}", highlight=False)
+    if status.summary:
+        console.print(f"[bold]{status.summary}[/bold]")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,82 @@
+"""ONNX Runtime runner: CPU, or CUDA with I/O bound on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from kiln.runtime.base import Array, Feeds
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def session_options(threads: int | None, optimized_path: Path | None = None) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimized_path is not None:
+        # Saving the optimized graph is the ORT "engine build": it is what a server loads.
+        options.optimized_model_filepath = str(optimized_path)
+    return options
+
+
+class OrtRunner:
+    def __init__(
+        self,
+        name: str,
+        model_path: Path,
+        output_names: list[str],
+        device: str,
+        threads: int | None = None,
+    ) -> None:
+        self.name = name
+        self.device = device
+        self.output_names = output_names
+        providers: list[Any]
+        if device.startswith("cuda"):
+            index = int(device.split(":")[1]) if ":" in device else 0
+            providers = [("CUDAExecutionProvider", {"device_id": index})]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=session_options(threads), providers=providers
+        )
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise RuntimeError("CUDAExecutionProvider did not load (is onnxruntime-gpu installed?)")
+        self._feeds: Feeds = {}
+        self._binding: Any = None
+        self._out: list[Array] = []
+
+    def prepare(self, feeds: Feeds) -> None:
+        self._feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        if self.device.startswith("cuda"):
+            # Inputs live on the GPU before timing starts, as the PyTorch baseline's do.
+            binding = self.session.io_binding()
+            for name, value in self._feeds.items():
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+            for name in self.output_names:
+                binding.bind_output(name, "cuda")
+            self._binding = binding
+
+    def run(self) -> None:
+        if self._binding is not None:
+            self.session.run_with_iobinding(self._binding)
+            self._binding.synchronize_outputs()
+        else:
+            self._out = self.session.run(self.output_names, self._feeds)
+
+    def outputs(self) -> list[Array]:
+        if self._binding is not None:
+            return [np.asarray(v, dtype=np.float32) for v in self._binding.copy_outputs_to_cpu()]
+        return [np.asarray(v) for v in self._out]
+
+    def close(self) -> None:
+        self._binding = None
+        self._feeds = {}

@@ -1,0 +1,57 @@
+"""PyTorch eager and torch.compile runners (the baseline and what a user might pick instead)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.runtime.base import Array, Feeds
+
+
+def flatten_outputs(result: Any) -> list[torch.Tensor]:
+    """Models return a tensor, a tuple/list of tensors, or a dict; order follows the model."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, dict):
+        return [t for v in result.values() for t in flatten_outputs(v)]
+    if isinstance(result, list | tuple):
+        return [t for v in result for t in flatten_outputs(v)]
+    raise TypeError(f"model returned {type(result).__name__}, expected tensors")
+
+
+class TorchRunner:
+    def __init__(
+        self,
+        name: str,
+        module: Callable[..., Any],
+        input_names: Sequence[str],
+        device: str,
+        compile_model: bool = False,
+    ) -> None:
+        self.name = name
+        self.device = device
+        self.input_names = list(input_names)
+        self._fn: Callable[..., Any] = torch.compile(module) if compile_model else module
+        self._args: list[torch.Tensor] = []
+        self._out: list[torch.Tensor] = []
+
+    def prepare(self, feeds: Feeds) -> None:
+        self._args = [
+            torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device)
+            for n in self.input_names
+        ]
+
+    def run(self) -> None:
+        with torch.inference_mode():
+            self._out = flatten_outputs(self._fn(*self._args))
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def outputs(self) -> list[Array]:
+        return [t.detach().float().cpu().numpy() for t in self._out]
+
+    def close(self) -> None:
+        self._args, self._out = [], []

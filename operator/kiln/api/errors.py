@@ -1,0 +1,16 @@
+"""Errors for bad input: each names the field or file and what was expected."""
+
+from __future__ import annotations
+
+
+class KilnInputError(Exception):
+    """A user's input is wrong: spec field, source file, calibration set or storage location.
+
+    `where` is a spec path (``spec.inputs[0].shape``) or a file/URI; the message says what was
+    expected. The CLI prints ``where: message`` and exits non-zero.
+    """
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message

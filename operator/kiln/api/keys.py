@@ -1,0 +1,31 @@
+"""Content-addressed cache keys.
+
+A key is the SHA-256 of a canonical JSON of everything that changes a result, so an unchanged
+input never builds twice and any change always rebuilds. Keys are pure functions of their
+inputs; the builder decides what goes in each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+# Bumped whenever the builder changes what it produces for the same inputs.
+BUILDER_VERSION = "0.1.0"
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def cache_key(kind: str, **parts: Any) -> str:
+    """`kind-<24 hex>`: readable in a listing, collision-safe for this purpose."""
+    digest = hashlib.sha256(
+        canonical({"kind": kind, "builder": BUILDER_VERSION, **parts}).encode()
+    )
+    return f"{kind}-{digest.hexdigest()[:24]}"
+
+
+def digest_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()

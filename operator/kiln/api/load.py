@@ -1,0 +1,53 @@
+"""Load an OptimizedModel from the same YAML a user would `kubectl apply`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kiln.api.errors import KilnInputError
+from kiln.api.spec import OptimizedModel
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as a Kubernetes-style field path."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-after", "function-before")):
+            continue  # validator frames add no information for the user
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def parse_document(document: Any, origin: str) -> OptimizedModel:
+    if not isinstance(document, dict):
+        raise KilnInputError(origin, f"expected a YAML mapping (an {OptimizedModel.__name__})")
+    try:
+        return OptimizedModel.model_validate(document)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{field_path(err['loc']) or '(document)'}: {msg}")
+        raise KilnInputError(origin, "invalid OptimizedModel\n  " + "\n  ".join(problems)) from None
+
+
+def load_file(path: Path) -> OptimizedModel:
+    """Read one OptimizedModel document; a multi-document file must hold exactly one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KilnInputError(str(path), f"cannot read the spec file: {exc.strerror}") from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise KilnInputError(str(path), f"not valid YAML: {exc}") from None
+    if len(documents) != 1:
+        raise KilnInputError(str(path), f"expected one YAML document, found {len(documents)}")
+    return parse_document(documents[0], str(path))

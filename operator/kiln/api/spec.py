@@ -1,0 +1,336 @@
+"""The OptimizedModel spec: what a user `kubectl apply`s, and what `kiln optimize` reads.
+
+Every cross-field rule lives here, so a bad spec fails at load time with the field's path,
+before any model is fetched or any Job is created.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Self
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from kiln.api.base import KilnModel
+
+API_GROUP = "kiln.dev"
+API_VERSION = "v1alpha1"
+KIND = "OptimizedModel"
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+
+
+class SourceFormat(StrEnum):
+    TORCHSCRIPT = "torchscript"  # torch.jit.save archive
+    EXPORTED = "exported"  # torch.export.save program (.pt2)
+    ONNX = "onnx"  # used as-is; PyTorch candidates are skipped
+    FACTORY = "factory"  # `module:function` building an nn.Module, plus a state_dict file
+
+
+class DType(StrEnum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    INT64 = "int64"
+    INT32 = "int32"
+    UINT8 = "uint8"
+    BOOL = "bool"
+
+
+class Backend(StrEnum):
+    PYTORCH = "pytorch"  # eager: always measured, it is the baseline
+    TORCH_COMPILE = "torch-compile"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class CalibrationMethod(StrEnum):
+    ENTROPY = "entropy"
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+
+
+class Objective(StrEnum):
+    MAX_THROUGHPUT = "maxThroughput"
+    MIN_LATENCY = "minLatency"
+    MAX_THROUGHPUT_UNDER_LATENCY = "maxThroughputUnderLatency"
+
+
+_SUFFIX_FORMATS = {
+    ".onnx": SourceFormat.ONNX,
+    ".pt2": SourceFormat.EXPORTED,
+    ".ts": SourceFormat.TORCHSCRIPT,
+    ".torchscript": SourceFormat.TORCHSCRIPT,
+}
+
+
+class Source(KilnModel):
+    uri: Annotated[str, Field(min_length=1, description="file path, file:// or s3:// URI")]
+    format: SourceFormat | None = Field(
+        default=None, description="inferred from the file suffix when omitted"
+    )
+    factory: str | None = Field(
+        default=None,
+        description="`module:function` returning an nn.Module; `uri` is then its state_dict",
+    )
+
+    @model_validator(mode="after")
+    def _format_and_factory(self) -> Self:
+        fmt = self.resolved_format()
+        if fmt is SourceFormat.FACTORY:
+            if self.factory is None:
+                raise ValueError("factory: required when format is 'factory' (module:function)")
+            if not _FACTORY.match(self.factory):
+                raise ValueError(f"factory: expected 'module:function', got {self.factory!r}")
+        elif self.factory is not None:
+            raise ValueError(f"factory: only allowed with format 'factory', not {fmt.value!r}")
+        return self
+
+    def resolved_format(self) -> SourceFormat:
+        if self.format is not None:
+            return self.format
+        if self.factory is not None:
+            return SourceFormat.FACTORY
+        suffix = PurePosixPath(self.uri).suffix.lower()
+        if suffix in _SUFFIX_FORMATS:
+            return _SUFFIX_FORMATS[suffix]
+        choices = ", ".join(f.value for f in SourceFormat)
+        raise ValueError(
+            f"format: cannot infer the format of {self.uri!r} from its suffix; set one of {choices}"
+        )
+
+
+class TensorSpec(KilnModel):
+    name: Annotated[str, Field(min_length=1)]
+    shape: Annotated[
+        list[int],
+        Field(min_length=1, description="-1 marks the dynamic batch axis (first axis only)"),
+    ]
+    dtype: DType = DType.FLOAT32
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"expected an identifier-like tensor name, got {value!r}")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_shape(cls, value: list[int]) -> list[int]:
+        for axis, dim in enumerate(value):
+            if dim == -1 and axis == 0:
+                continue
+            if dim <= 0:
+                raise ValueError(
+                    f"axis {axis} is {dim}: dimensions must be positive, "
+                    "and only axis 0 may be -1 (the dynamic batch axis)"
+                )
+        return value
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.shape[0] == -1
+
+    def concrete_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch if self.dynamic_batch else self.shape[0], *self.shape[1:])
+
+
+class Targets(KilnModel):
+    cpu: bool = Field(default=True, description="also build and benchmark for CPU")
+    gpu_types: list[str] = Field(
+        default_factory=list,
+        description="restrict to these nvidia.com/gpu.product values; empty means every one found",
+    )
+
+
+class Calibration(KilnModel):
+    uri: Annotated[str, Field(min_length=1, description="folder of .npz shards, arrays by input")]
+    samples: Annotated[int, Field(ge=1)] = 512
+    method: CalibrationMethod = CalibrationMethod.ENTROPY
+    percentile: Annotated[float, Field(gt=90.0, le=100.0)] = 99.999
+
+
+class Tolerance(KilnModel):
+    atol: Annotated[float, Field(ge=0)] = 1e-4
+    rtol: Annotated[float, Field(ge=0)] = 1e-3
+    fp16_atol: Annotated[float, Field(ge=0)] = 1e-2
+    fp16_rtol: Annotated[float, Field(ge=0)] = 1e-2
+
+
+class Accuracy(Tolerance):
+    per_output: dict[str, Tolerance] = Field(
+        default_factory=dict, description="overrides of the tolerances for one output"
+    )
+    int8_max_degradation: Annotated[float, Field(gt=0)] = Field(
+        default=0.05,
+        description="largest relative L2 error (|y-ref|/|ref|) of an INT8 candidate's output",
+    )
+    samples: Annotated[int, Field(ge=1, le=1024)] = 8
+
+    def tolerance(self, output: str) -> Tolerance:
+        return self.per_output.get(output, self)
+
+
+class Selection(KilnModel):
+    objective: Objective = Objective.MAX_THROUGHPUT
+    latency_budget_ms: Annotated[float, Field(gt=0)] | None = None
+    batch_size: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="batch size the decision uses; default the largest for throughput "
+        "objectives, the smallest for minLatency",
+    )
+    min_speedup: Annotated[float, Field(gt=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _budget(self) -> Self:
+        if self.objective is Objective.MAX_THROUGHPUT_UNDER_LATENCY and not self.latency_budget_ms:
+            raise ValueError("latencyBudgetMs: required for objective maxThroughputUnderLatency")
+        return self
+
+
+class Benchmark(KilnModel):
+    warmup_iterations: Annotated[int, Field(ge=0)] = 10
+    window_iterations: Annotated[int, Field(ge=1)] = 20
+    min_windows: Annotated[int, Field(ge=2)] = 3
+    max_windows: Annotated[int, Field(ge=2)] = 30
+    stability_percent: Annotated[float, Field(gt=0, le=100)] = Field(
+        default=10.0, description="the last minWindows window means must agree within this"
+    )
+    max_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=20.0, description="cap per candidate and batch size"
+    )
+    threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="CPU threads for every runtime alike; default all cores"
+    )
+
+    @model_validator(mode="after")
+    def _windows(self) -> Self:
+        if self.max_windows < self.min_windows:
+            raise ValueError("maxWindows: must be at least minWindows")
+        return self
+
+
+class Artifacts(KilnModel):
+    uri: str | None = Field(
+        default=None, description="where built artifacts go (file path, file:// or s3://)"
+    )
+
+
+class OptimizedModelSpec(KilnModel):
+    source: Source
+    inputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    outputs: Annotated[list[str], Field(min_length=1)]
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = Field(
+        default_factory=lambda: [1]
+    )
+    backends: Annotated[list[Backend], Field(min_length=1)] = Field(
+        default_factory=lambda: list(Backend)
+    )
+    precisions: Annotated[list[Precision], Field(min_length=1)] = Field(
+        default_factory=lambda: list(Precision)
+    )
+    targets: Targets = Field(default_factory=Targets)
+    calibration: Calibration | None = None
+    accuracy: Accuracy = Field(default_factory=Accuracy)
+    selection: Selection = Field(default_factory=Selection)
+    benchmark: Benchmark = Field(default_factory=Benchmark)
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+    opset: Annotated[int, Field(ge=17, le=23)] = 18
+
+    @field_validator("inputs")
+    @classmethod
+    def _unique_inputs(cls, value: list[TensorSpec]) -> list[TensorSpec]:
+        _require_unique([t.name for t in value])
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique_outputs(cls, value: list[str]) -> list[str]:
+        _require_unique(value)
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(f"expected an identifier-like tensor name, got {name!r}")
+        return value
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _sorted_batches(cls, value: list[int]) -> list[int]:
+        _require_unique([str(b) for b in value])
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Self:
+        for i, tensor in enumerate(self.inputs):
+            if not tensor.dynamic_batch and self.batch_sizes != [tensor.shape[0]]:
+                raise ValueError(
+                    f"inputs[{i}].shape: axis 0 is fixed at {tensor.shape[0]} but batchSizes is "
+                    f"{self.batch_sizes}; use -1 for a dynamic batch axis"
+                )
+        if Precision.INT8 in self.precisions and self.calibration is None:
+            raise ValueError("calibration: required when precisions includes int8")
+        unknown = sorted(set(self.accuracy.per_output) - set(self.outputs))
+        if unknown:
+            raise ValueError(f"accuracy.perOutput: {unknown} not among outputs {self.outputs}")
+        chosen = self.selection.batch_size
+        if chosen is not None and chosen not in self.batch_sizes:
+            raise ValueError(
+                f"selection.batchSize: {chosen} is not one of batchSizes {self.batch_sizes}"
+            )
+        return self
+
+    def decision_batch_size(self) -> int:
+        """The batch size whose measurements decide selection and fill the headline numbers."""
+        if self.selection.batch_size is not None:
+            return self.selection.batch_size
+        if self.selection.objective is Objective.MIN_LATENCY:
+            return self.batch_sizes[0]
+        return self.batch_sizes[-1]
+
+
+class ObjectMeta(KilnModel):
+    # Metadata comes from the API server with many more fields than Kiln reads.
+    model_config = ConfigDict(extra="allow")
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    namespace: str | None = None
+    generation: int | None = None
+    uid: str | None = None
+
+
+class OptimizedModel(KilnModel):
+    api_version: str = Field(default=f"{API_GROUP}/{API_VERSION}", alias="apiVersion")
+    kind: str = KIND
+    metadata: ObjectMeta
+    spec: OptimizedModelSpec
+    status: dict[str, Any] | None = None
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if value != f"{API_GROUP}/{API_VERSION}":
+            raise ValueError(f"expected {API_GROUP}/{API_VERSION}, got {value!r}")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value != KIND:
+            raise ValueError(f"expected {KIND}, got {value!r}")
+        return value
+
+
+def _require_unique(names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{name!r} appears more than once")
+        seen.add(name)

@@ -1,0 +1,141 @@
+"""The OptimizedModel status: what the builder reports and the operator writes.
+
+`kiln optimize --output DIR` writes exactly this as DIR/status.json, so a local run and a
+cluster run are read the same way.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from kiln.api.base import KilnModel
+from kiln.api.spec import Backend, Precision
+
+
+class State(StrEnum):
+    OK = "OK"
+    SKIPPED = "SKIPPED"
+    FAILED = "FAILED"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    EXPORTING = "Exporting"
+    BUILDING = "Building"
+    READY = "Ready"  # at least one target has a selected, verified candidate
+    NO_IMPROVEMENT = "NoImprovement"  # everything ran, nothing beat the minimum speedup
+    FAILED = "Failed"
+
+
+class Latency(KilnModel):
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+
+
+class BatchBenchmark(KilnModel):
+    """One candidate at one batch size, measured in the same run as the baseline."""
+
+    batch_size: int
+    latency_ms: Latency
+    throughput: float = Field(description="samples per second")
+    speedup: float | None = Field(
+        default=None, description="throughput / baseline throughput at this batch size"
+    )
+    spread_percent: float = Field(
+        description="relative standard deviation of the window means, in percent"
+    )
+    windows: int
+    iterations: int
+    stable: bool = Field(description="the windows agreed before the time cap")
+
+
+class OutputError(KilnModel):
+    name: str
+    max_abs_error: float
+    relative_error: float = Field(description="|y - ref|_2 / |ref|_2")
+    passed: bool
+
+
+class AccuracyResult(KilnModel):
+    passed: bool
+    criterion: str = Field(description="the gate applied, in words")
+    samples: int
+    max_abs_error: float
+    relative_error: float
+    outputs: list[OutputError] = Field(default_factory=list)
+
+
+class CandidateStatus(KilnModel):
+    name: str
+    backend: Backend
+    precision: Precision
+    device: str
+    state: State
+    reason: str | None = None
+    artifact: str | None = None
+    cache_key: str | None = None
+    cached: bool = Field(default=False, description="artifact reused from storage")
+    build_seconds: float | None = None
+    batch_size: int | None = Field(default=None, description="batch size of the headline numbers")
+    latency_ms: Latency | None = None
+    throughput: float | None = None
+    speedup: float | None = None
+    accuracy: AccuracyResult | None = None
+    benchmarks: list[BatchBenchmark] = Field(default_factory=list)
+
+
+class Environment(KilnModel):
+    """What the numbers were measured on; part of every target's cache key."""
+
+    device_type: str
+    device_name: str
+    torch: str | None = None
+    onnx: str | None = None
+    onnxruntime: str | None = None
+    tensorrt: str | None = None
+    cuda: str | None = None
+    cpu_threads: int | None = None
+    builder: str
+
+
+class TargetStatus(KilnModel):
+    name: str = Field(description="'cpu' or the GPU type (nvidia.com/gpu.product)")
+    device: str = Field(description="'cpu' or 'cuda'")
+    state: State
+    reason: str | None = None
+    baseline: str | None = None
+    selected: str | None = None
+    selection_reason: str | None = None
+    cache_key: str | None = None
+    cached: bool = Field(default=False, description="the whole result was reused from storage")
+    result: str | None = Field(default=None, description="URI of result.json")
+    environment: Environment | None = None
+    candidates: list[CandidateStatus] = Field(default_factory=list)
+
+    def candidate(self, name: str) -> CandidateStatus | None:
+        return next((c for c in self.candidates if c.name == name), None)
+
+
+class Condition(KilnModel):
+    type: str
+    status: str
+    reason: str
+    message: str
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+
+
+class OptimizedModelStatus(KilnModel):
+    phase: Phase
+    observed_generation: int | None = None
+    message: str | None = None
+    model_digest: str | None = None
+    onnx_artifact: str | None = None
+    quantized_artifact: str | None = None
+    summary: str | None = None
+    targets: list[TargetStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
