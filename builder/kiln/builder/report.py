@@ -24,7 +24,7 @@ def rows(status: OptimizedModelStatus) -> list[list[str]]:
     for target in status.targets:
         for c in target.candidates:
             gate = "-" if c.accuracy is None else ("pass" if c.accuracy.passed else "FAIL")
-            state = c.state.value + (" (cached)" if c.cached else "")
+            state = c.state.value + (" (cached)" if c.cached or target.cached else "")
             out.append([
                 target.name, c.backend.value, c.precision.value, c.device, state,
                 _num(c.batch_size, 6) if c.batch_size else "-",

@@ -1,0 +1,175 @@
+"""Fixtures shared by every tier: a tiny model with its spec and calibration set on disk, and a
+real S3-compatible server (moto's server mode) started on 127.0.0.1 by the suite itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    env: dict[str, str]
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start; see {log}: {log.read_text()[-500:]}")
+                time.sleep(0.2)
+        yield S3Server(
+            endpoint,
+            {
+                "AWS_ACCESS_KEY_ID": "kiln-test",
+                "AWS_SECRET_ACCESS_KEY": "kiln-test-secret",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL": endpoint,
+            },
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    return s3_server
+
+
+FAST_BENCHMARK = {
+    "warmupIterations": 2,
+    "windowIterations": 5,
+    "minWindows": 2,
+    "maxWindows": 4,
+    "maxSeconds": 1.0,
+    "threads": 1,
+}
+
+
+def tiny_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source": {"uri": "weights.pt", "format": "factory", "factory": "tiny_models:build"},
+        "inputs": [{"name": "image", "shape": [-1, 3, 16, 16], "dtype": "float32"}],
+        "outputs": ["logits"],
+        "batchSizes": [1, 4],
+        "backends": ["pytorch", "onnxruntime"],
+        "precisions": ["fp32", "int8"],
+        "calibration": {"uri": "calibration", "samples": 16, "method": "minmax"},
+        "accuracy": {"samples": 4, "int8MaxDegradation": 0.2},
+        "benchmark": dict(FAST_BENCHMARK),
+        "artifacts": {"uri": "artifacts"},
+    }
+    spec.update(overrides)
+    return spec
+
+
+@dataclass
+class TinyExample:
+    root: Path
+
+    @property
+    def spec_path(self) -> Path:
+        return self.root / "spec.yaml"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    def write_spec(self, spec: dict[str, Any], name: str = "tiny") -> Path:
+        document = {
+            "apiVersion": "kiln.dev/v1alpha1",
+            "kind": "OptimizedModel",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        self.spec_path.write_text(yaml.safe_dump(document, sort_keys=False))
+        return self.spec_path
+
+    def manifests(self) -> list[Path]:
+        return sorted(self.artifacts.rglob("manifest.json")) if self.artifacts.exists() else []
+
+
+def write_calibration(folder: Path, samples: int, shards: int = 2, **arrays: Any) -> None:
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    per = samples // shards
+    for i in range(shards):
+        data = arrays or {"image": rng.standard_normal((per, 3, 16, 16)).astype(np.float32)}
+        np.savez(folder / f"shard-{i}.npz", **data)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> TinyExample:
+    """A factory-format tiny model (module next to the spec), its weights and calibration."""
+    import torch
+
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from tiny_models import build
+    finally:
+        sys.path.remove(str(FIXTURES))
+    shutil.copy(FIXTURES / "tiny_models.py", tmp_path / "tiny_models.py")
+    torch.save(build().state_dict(), tmp_path / "weights.pt")
+    write_calibration(tmp_path / "calibration", 32)
+    example = TinyExample(tmp_path)
+    example.write_spec(tiny_spec())
+    return example
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Downloads from S3 land in a per-test cache, never in the developer's ~/.cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+    os.environ.pop("AWS_ENDPOINT_URL_S3", None)

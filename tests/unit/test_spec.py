@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.api.errors import KilnInputError
+from kiln.api.load import load_file, parse_document
+from kiln.api.spec import Objective, Precision, SourceFormat
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "lipsync" / "optimizedmodel.yaml"
+
+
+def doc(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "source": {"uri": "s3://models/m.onnx"},
+        "inputs": [{"name": "x", "shape": [-1, 3]}],
+        "outputs": ["y"],
+        "precisions": ["fp32"],
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "OptimizedModel",
+        "metadata": {"name": "m"},
+        "spec": base,
+    }
+
+
+def error_of(document: dict[str, Any]) -> str:
+    with pytest.raises(KilnInputError) as info:
+        parse_document(document, "spec.yaml")
+    return str(info.value)
+
+
+def test_example_loads_with_defaults() -> None:
+    model = load_file(EXAMPLE)
+    spec = model.spec
+    assert model.metadata.name == "lipsync"
+    assert [t.name for t in spec.inputs] == ["image", "audio"]
+    assert spec.inputs[0].shape == [-1, 6, 320, 320]
+    assert spec.source.resolved_format() is SourceFormat.EXPORTED
+    assert spec.calibration is not None and spec.calibration.samples == 128
+    assert spec.selection.objective is Objective.MAX_THROUGHPUT
+    assert spec.decision_batch_size() == 8
+
+
+def test_calibration_default_sample_count_is_512() -> None:
+    model = parse_document(
+        doc(precisions=["int8"], calibration={"uri": "s3://b/cal"}), "spec.yaml"
+    )
+    assert model.spec.calibration is not None
+    assert model.spec.calibration.samples == 512
+    assert model.spec.calibration.method.value == "entropy"
+
+
+def test_wire_form_is_camel_case_and_round_trips() -> None:
+    model = load_file(EXAMPLE)
+    wire = model.spec.to_wire()
+    assert "batchSizes" in wire and "int8MaxDegradation" in wire["accuracy"]
+    assert parse_document(doc(**wire), "x").spec == model.spec
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"inputs": [{"name": "x", "shape": [3, -1]}]}, "spec.inputs[0].shape: axis 1 is -1"),
+        ({"inputs": [{"name": "x", "shape": [-1, 0]}]}, "axis 1 is 0"),
+        ({"inputs": [{"name": "x", "shape": [-1, 3], "dtype": "float99"}]}, "spec.inputs[0].dtype"),
+        ({"outputs": []}, "spec.outputs"),
+        ({"outputs": ["y", "y"]}, "'y' appears more than once"),
+        ({"precisions": ["int8"]}, "calibration: required when precisions includes int8"),
+        ({"batchSizes": [0]}, "spec.batchSizes[0]"),
+        ({"selection": {"objective": "maxThroughputUnderLatency"}}, "latencyBudgetMs: required"),
+        ({"selection": {"batchSize": 7}}, "selection.batchSize: 7 is not one of batchSizes"),
+        ({"accuracy": {"perOutput": {"z": {"atol": 1}}}}, "accuracy.perOutput: ['z'] not among outputs"),
+        ({"source": {"uri": "model.bin"}}, "cannot infer the format"),
+        ({"source": {"uri": "w.pt", "format": "factory"}}, "factory: required"),
+        ({"source": {"uri": "w.pt", "factory": "not a factory"}}, "expected 'module:function'"),
+        ({"sourcee": {"uri": "x.onnx"}}, "spec.sourcee: Extra inputs are not permitted"),
+        ({"inputs": [{"name": "x", "shape": [4, 3]}], "batchSizes": [1, 4]}, "axis 0 is fixed at 4"),
+    ],
+)
+def test_bad_specs_name_the_field(change: dict[str, Any], expected: str) -> None:
+    assert expected in error_of(doc(**change))
+
+
+def test_wrong_kind_and_version_are_rejected() -> None:
+    document = doc()
+    document["kind"] = "Deployment"
+    assert "kind: expected OptimizedModel, got 'Deployment'" in error_of(document)
+    document = doc()
+    document["apiVersion"] = "kiln.dev/v9"
+    assert "apiVersion: expected kiln.dev/v1alpha1, got 'kiln.dev/v9'" in error_of(document)
+
+
+def test_unreadable_and_multi_document_files(tmp_path: Path) -> None:
+    with pytest.raises(KilnInputError, match="cannot read the spec file"):
+        load_file(tmp_path / "missing.yaml")
+    two = tmp_path / "two.yaml"
+    two.write_text("a: 1\n---\nb: 2\n")
+    with pytest.raises(KilnInputError, match="expected one YAML document, found 2"):
+        load_file(two)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec: [unclosed\n")
+    with pytest.raises(KilnInputError, match="not valid YAML"):
+        load_file(bad)
+
+
+def test_decision_batch_follows_objective() -> None:
+    spec = parse_document(doc(batchSizes=[8, 1, 4]), "x").spec
+    assert spec.batch_sizes == [1, 4, 8]
+    assert spec.decision_batch_size() == 8
+    latency = parse_document(doc(batchSizes=[1, 8], selection={"objective": "minLatency"}), "x")
+    assert latency.spec.decision_batch_size() == 1
+    assert Precision.FP32 in latency.spec.precisions
