@@ -14,7 +14,16 @@ from kiln.api.errors import KilnInputError
 from kiln.api.spec import OptimizedModelSpec, SourceFormat
 from kiln.builder.feeds import random_feeds
 
-_UNSUPPORTED = re.compile(r"(?:Unsupported|No decompositions registered|not supported)[^\n]*")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost cause's first line: the exporter wraps the useful message (e.g. `No ONNX
+    function found for aten._linalg_svd`) in several layers of generic advice."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = _ANSI.sub("", str(exc)).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:400]
 
 
 def export_settings(spec: OptimizedModelSpec) -> dict[str, Any]:
@@ -58,9 +67,6 @@ def export_onnx(module: Any, spec: OptimizedModelSpec, out: Path) -> None:
                     opset_version=spec.opset, dynamo=True, external_data=False,
                 )
     except Exception as exc:
-        text = str(exc)
-        match = _UNSUPPORTED.search(text)
-        detail = match.group(0) if match else (text.strip().splitlines() or [type(exc).__name__])[0]
         raise KilnInputError(
-            "spec.source", f"the ONNX exporter cannot handle this model: {detail[:400]}"
+            "spec.source", f"the ONNX exporter cannot handle this model: {root_cause(exc)}"
         ) from None

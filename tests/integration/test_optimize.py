@@ -1,0 +1,112 @@
+"""`kiln optimize` end to end on a tiny model: real PyTorch, real export, real ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from kiln.cli.main import app
+from tests.conftest import S3Server, TinyExample, tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(app, ["optimize", *args, "--quiet"], catch_exceptions=False)
+
+
+def status_of(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "status.json").read_text())
+    return data
+
+
+def test_optimize_writes_status_and_report_then_reuses_everything(tiny: TinyExample) -> None:
+    out = tiny.root / "out"
+    result = run(str(tiny.spec_path), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    status = status_of(out)
+    assert status["phase"] in ("Ready", "NoImprovement")
+    assert status["modelDigest"].startswith("sha256:")
+    cpu = next(t for t in status["targets"] if t["name"] == "cpu")
+    assert cpu["baseline"] == "pytorch-cpu-fp32"
+    by_name = {c["name"]: c for c in cpu["candidates"]}
+    assert set(by_name) == {"pytorch-cpu-fp32", "onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"}
+    for cand in by_name.values():
+        assert cand["state"] == "OK", cand
+        assert set(cand["latencyMs"]) >= {"p50", "p90", "p99"}
+        assert cand["throughput"] > 0 and cand["cacheKey"]
+        assert [b["batchSize"] for b in cand["benchmarks"]] == [1, 4]
+        assert "passed" in cand["accuracy"]
+    assert by_name["pytorch-cpu-fp32"]["speedup"] == pytest.approx(1.0)
+    assert by_name["onnxruntime-cpu-fp32"]["accuracy"]["passed"] is True
+    assert by_name["onnxruntime-cpu-int8"]["artifact"].endswith("/model.onnx")
+    cuda = next(t for t in status["targets"] if t["device"] == "cuda")
+    assert cuda["state"] == "SKIPPED" and "CUDA" in cuda["reason"]
+    assert (out / "report.md").read_text().startswith("# Kiln report: tiny")
+    assert "<svg" in (out / "report.html").read_text()
+    manifests = tiny.manifests()
+
+    again = tiny.root / "again"
+    result = run(str(tiny.spec_path), "--output", str(again))
+    assert result.exit_code == 0
+    second = status_of(again)
+    cpu2 = next(t for t in second["targets"] if t["name"] == "cpu")
+    assert cpu2["cached"] is True and cpu2["cacheKey"] == cpu["cacheKey"]
+    assert cpu2["candidates"] == cpu["candidates"]
+    assert tiny.manifests() == manifests  # nothing new was built
+
+
+def test_changing_calibration_rebuilds_only_what_it_affects(tiny: TinyExample) -> None:
+    assert run(str(tiny.spec_path), "--output", str(tiny.root / "a")).exit_code == 0
+    first = {p.parent.name for p in tiny.manifests()}
+    spec = tiny_spec(calibration={"uri": "calibration", "samples": 16, "method": "percentile"})
+    tiny.write_spec(spec)
+    assert run(str(tiny.spec_path), "--output", str(tiny.root / "b")).exit_code == 0
+    second = {p.parent.name for p in tiny.manifests()}
+    added = sorted(second - first)
+    # A new Q/DQ model and a new result; the FP32 export is reused as is.
+    assert [k.split("-")[0] for k in added] == ["qdq", "result"]
+    a, b = status_of(tiny.root / "a"), status_of(tiny.root / "b")
+    assert a["onnxArtifact"] == b["onnxArtifact"]
+    assert a["quantizedArtifact"] != b["quantizedArtifact"]
+
+
+def test_selection_change_needs_no_new_measurement(tiny: TinyExample) -> None:
+    assert run(str(tiny.spec_path), "--output", str(tiny.root / "a")).exit_code == 0
+    count = len(tiny.manifests())
+    tiny.write_spec(tiny_spec(selection={"minSpeedup": 1000}))
+    assert run(str(tiny.spec_path), "--output", str(tiny.root / "b")).exit_code == 0
+    status = status_of(tiny.root / "b")
+    assert status["phase"] == "NoImprovement"
+    cpu = status["targets"][0]
+    assert "selected" not in cpu  # None is left out of the wire form
+    assert "minSpeedup 1000x" in cpu["selectionReason"]
+    assert len(tiny.manifests()) == count
+
+
+@pytest.mark.integration
+def test_optimize_from_and_to_s3(tiny: TinyExample, s3_env: S3Server) -> None:
+    client = s3_env.client()
+    client.create_bucket(Bucket="kiln-e2e")
+    client.upload_file(str(tiny.root / "weights.pt"), "kiln-e2e", "models/tiny/weights.pt")
+    for shard in sorted((tiny.root / "calibration").glob("*.npz")):
+        client.upload_file(str(shard), "kiln-e2e", f"calib/tiny/{shard.name}")
+    spec = tiny_spec(
+        source={"uri": "s3://kiln-e2e/models/tiny/weights.pt", "format": "factory",
+                "factory": "tiny_models:build"},
+        calibration={"uri": "s3://kiln-e2e/calib/tiny", "samples": 16, "method": "entropy"},
+        artifacts={"uri": "s3://kiln-e2e/artifacts"},
+        backends=["onnxruntime"],
+    )
+    tiny.write_spec(spec)
+    result = run(str(tiny.spec_path), "--output", str(tiny.root / "out"))
+    assert result.exit_code == 0, result.output
+    status = status_of(tiny.root / "out")
+    assert status["quantizedArtifact"].startswith("s3://kiln-e2e/artifacts/qdq-")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="kiln-e2e", Prefix="artifacts/")["Contents"]]
+    assert any(k.endswith("/result.json") for k in keys)
+    assert sum(k.endswith("/manifest.json") for k in keys) == 3  # onnx, qdq, cpu result
