@@ -155,11 +155,8 @@ def tiny(tmp_path: Path) -> TinyExample:
     """A factory-format tiny model (module next to the spec), its weights and calibration."""
     import torch
 
-    sys.path.insert(0, str(FIXTURES))
-    try:
-        from tiny_models import build
-    finally:
-        sys.path.remove(str(FIXTURES))
+    from tests.fixtures.tiny_models import build
+
     shutil.copy(FIXTURES / "tiny_models.py", tmp_path / "tiny_models.py")
     torch.save(build().state_dict(), tmp_path / "weights.pt")
     write_calibration(tmp_path / "calibration", 32)
@@ -169,7 +166,9 @@ def tiny(tmp_path: Path) -> TinyExample:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Downloads from S3 land in a per-test cache, never in the developer's ~/.cache.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
     os.environ.pop("AWS_ENDPOINT_URL_S3", None)

@@ -18,7 +18,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from model import LipSync  # noqa: E402
+from model import LipSync  # type: ignore[import-not-found]  # noqa: E402
 
 
 def smooth_images(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -44,6 +44,8 @@ def write_model(data: Path, force: bool) -> None:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
+                assert module.running_mean is not None
+                assert module.running_var is not None
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     torch.save(model.state_dict(), weights_path)

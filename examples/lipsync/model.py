@@ -26,13 +26,13 @@ class LipSync(nn.Module):
     def __init__(self, width: int = 16) -> None:
         super().__init__()
         w = width
-        self.face = nn.Sequential(_down(6, w), _down(w, 2 * w), _down(2 * w, 4 * w), _down(4 * w, 4 * w))
+        self.face = nn.Sequential(
+            _down(6, w), _down(w, 2 * w), _down(2 * w, 4 * w), _down(4 * w, 4 * w)
+        )
         self.audio = nn.Sequential(
             nn.Flatten(), nn.Linear(512 * 8, 256), nn.ReLU(), nn.Linear(256, 4 * w)
         )
-        self.decode = nn.Sequential(
-            _up(8 * w, 4 * w), _up(4 * w, 2 * w), _up(2 * w, w), _up(w, w)
-        )
+        self.decode = nn.Sequential(_up(8 * w, 4 * w), _up(4 * w, 2 * w), _up(2 * w, w), _up(w, w))
         self.head = nn.Conv2d(w, 3, 3, padding=1)
 
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:

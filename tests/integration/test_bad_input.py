@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 def fails_with(tiny: TinyExample, spec: dict[str, Any], *expected: str) -> str:
     tiny.write_spec(spec)
     result = CliRunner().invoke(
-        app, ["optimize", str(tiny.spec_path), "--output", str(tiny.root / "out"), "--quiet"],
+        app,
+        ["optimize", str(tiny.spec_path), "--output", str(tiny.root / "out"), "--quiet"],
         catch_exceptions=False,
     )
     # Libraries may warn on stderr too; the error itself is exactly one line of its own.
@@ -34,87 +35,143 @@ def fails_with(tiny: TinyExample, spec: dict[str, Any], *expected: str) -> str:
 
 
 def test_missing_source(tiny: TinyExample) -> None:
-    fails_with(tiny, tiny_spec(source={"uri": "nowhere.pt", "factory": "tiny_models:build"}),
-               "spec.source.uri (", "nowhere.pt): no such file")
+    fails_with(
+        tiny,
+        tiny_spec(source={"uri": "nowhere.pt", "factory": "tiny_models:build"}),
+        "spec.source.uri (",
+        "nowhere.pt): no such file",
+    )
 
 
 def test_unreadable_source(tiny: TinyExample) -> None:
     (tiny.root / "broken.pt2").write_bytes(b"this is not a torch.export archive")
-    fails_with(tiny, tiny_spec(source={"uri": "broken.pt2"}),
-               "spec.source.uri (", "broken.pt2): cannot load as a exported model")
+    fails_with(
+        tiny,
+        tiny_spec(source={"uri": "broken.pt2"}),
+        "spec.source.uri (",
+        "broken.pt2): cannot load as a exported model",
+    )
 
 
 def test_shape_that_does_not_match_the_model(tiny: TinyExample) -> None:
-    spec = tiny_spec(inputs=[{"name": "image", "shape": [-1, 5, 16, 16]}], precisions=["fp32"],
-                     calibration=None)
+    spec = tiny_spec(
+        inputs=[{"name": "image", "shape": [-1, 5, 16, 16]}], precisions=["fp32"], calibration=None
+    )
     fails_with(tiny, spec, "spec.inputs: the model does not accept image[1, 5, 16, 16]:float32")
 
 
 def test_dtype_that_does_not_match_the_model(tiny: TinyExample) -> None:
-    spec = tiny_spec(inputs=[{"name": "image", "shape": [-1, 3, 16, 16], "dtype": "int64"}],
-                     precisions=["fp32"], calibration=None)
+    spec = tiny_spec(
+        inputs=[{"name": "image", "shape": [-1, 3, 16, 16], "dtype": "int64"}],
+        precisions=["fp32"],
+        calibration=None,
+    )
     fails_with(tiny, spec, "spec.inputs: the model does not accept image[1, 3, 16, 16]:int64")
 
 
 def test_more_output_names_than_the_model_returns(tiny: TinyExample) -> None:
-    fails_with(tiny, tiny_spec(outputs=["logits", "extra"]),
-               "spec.outputs: names 2 outputs ['logits', 'extra'] but the model returns 1 tensor(s)")
+    fails_with(
+        tiny,
+        tiny_spec(outputs=["logits", "extra"]),
+        "spec.outputs: names 2 outputs ['logits', 'extra'] but the model returns 1 tensor(s)",
+    )
 
 
 def test_output_name_missing_from_an_onnx_model(tiny: TinyExample) -> None:
-    import sys
+    from tests.fixtures.tiny_models import build
 
-    sys.path.insert(0, str(tiny.root))
-    from tiny_models import build
-
-    torch.onnx.export(build().eval(), (torch.randn(2, 3, 16, 16),), str(tiny.root / "m.onnx"),
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "b"}}, dynamo=False)
-    fails_with(tiny, tiny_spec(source={"uri": "m.onnx"}, outputs=["probs"]),
-               "spec.outputs[0]: 'probs' is not an output of the model; it has ['logits']")
-    fails_with(tiny, tiny_spec(source={"uri": "m.onnx"}, calibration=None, precisions=["fp32"],
-                               inputs=[{"name": "img", "shape": [-1, 3, 16, 16]}]),
-               "spec.inputs[0].name: 'img' is not an input of the model; its inputs are ['image']")
+    torch.onnx.export(
+        build().eval(),
+        (torch.randn(2, 3, 16, 16),),
+        str(tiny.root / "m.onnx"),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "b"}},
+        dynamo=False,
+    )
+    fails_with(
+        tiny,
+        tiny_spec(source={"uri": "m.onnx"}, outputs=["probs"]),
+        "spec.outputs[0]: 'probs' is not an output of the model; it has ['logits']",
+    )
+    fails_with(
+        tiny,
+        tiny_spec(
+            source={"uri": "m.onnx"},
+            calibration=None,
+            precisions=["fp32"],
+            inputs=[{"name": "img", "shape": [-1, 3, 16, 16]}],
+        ),
+        "spec.inputs[0].name: 'img' is not an input of the model; its inputs are ['image']",
+    )
 
 
 def test_corrupt_onnx_file(tiny: TinyExample) -> None:
     (tiny.root / "corrupt.onnx").write_bytes(b"\x08\x07garbage" * 10)
-    fails_with(tiny, tiny_spec(source={"uri": "corrupt.onnx"}), "corrupt.onnx): not a valid ONNX model")
+    fails_with(
+        tiny, tiny_spec(source={"uri": "corrupt.onnx"}), "corrupt.onnx): not a valid ONNX model"
+    )
 
 
 def test_op_the_exporter_cannot_handle(tiny: TinyExample) -> None:
-    spec = tiny_spec(source={"uri": "weights.pt", "factory": "tiny_models:build_not_exportable"},
-                     precisions=["fp32"])
-    fails_with(tiny, spec, "spec.source: the ONNX exporter cannot handle this model: ",
-               "No ONNX function found for <OpOverload(op='aten._linalg_svd'")
+    spec = tiny_spec(
+        source={"uri": "weights.pt", "factory": "tiny_models:build_not_exportable"},
+        precisions=["fp32"],
+    )
+    fails_with(
+        tiny,
+        spec,
+        "spec.source: the ONNX exporter cannot handle this model: ",
+        "No ONNX function found for <OpOverload(op='aten._linalg_svd'",
+    )
 
 
 def test_calibration_with_fewer_samples_than_asked(tiny: TinyExample) -> None:
-    fails_with(tiny, tiny_spec(calibration={"uri": "calibration", "samples": 64}),
-               "spec.calibration.samples: asks for 64 samples but", "holds 32 in 2 shard(s)")
+    fails_with(
+        tiny,
+        tiny_spec(calibration={"uri": "calibration", "samples": 64}),
+        "spec.calibration.samples: asks for 64 samples but",
+        "holds 32 in 2 shard(s)",
+    )
 
 
 def test_calibration_arrays_that_do_not_match_the_inputs(tiny: TinyExample) -> None:
-    write_calibration(tiny.root / "small", 8, shards=1,
-                      image=np.zeros((8, 3, 8, 8), np.float32))
-    fails_with(tiny, tiny_spec(calibration={"uri": "small", "samples": 8}),
-               "spec.calibration.uri (", "shard-0.npz): array 'image' has shape [8, 3, 8, 8], "
-               "expected ['N', 3, 16, 16] from spec.inputs[0].shape")
+    write_calibration(tiny.root / "small", 8, shards=1, image=np.zeros((8, 3, 8, 8), np.float32))
+    fails_with(
+        tiny,
+        tiny_spec(calibration={"uri": "small", "samples": 8}),
+        "spec.calibration.uri (",
+        "shard-0.npz): array 'image' has shape [8, 3, 8, 8], "
+        "expected ['N', 3, 16, 16] from spec.inputs[0].shape",
+    )
     write_calibration(tiny.root / "named", 8, shards=1, img=np.zeros((8, 3, 16, 16), np.float32))
-    fails_with(tiny, tiny_spec(calibration={"uri": "named", "samples": 8}),
-               "no array named 'image' (spec.inputs[0]); it holds ['img']")
+    fails_with(
+        tiny,
+        tiny_spec(calibration={"uri": "named", "samples": 8}),
+        "no array named 'image' (spec.inputs[0]); it holds ['img']",
+    )
     write_calibration(tiny.root / "typed", 8, shards=1, image=np.zeros((8, 3, 16, 16), np.float64))
-    fails_with(tiny, tiny_spec(calibration={"uri": "typed", "samples": 8}),
-               "has dtype float64, expected float32 from spec.inputs[0].dtype")
+    fails_with(
+        tiny,
+        tiny_spec(calibration={"uri": "typed", "samples": 8}),
+        "has dtype float64, expected float32 from spec.inputs[0].dtype",
+    )
 
 
 def test_unreachable_storage_endpoint(tiny: TinyExample, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "x",
-                       "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
-    fails_with(tiny, tiny_spec(source={"uri": "s3://models/tiny/weights.pt", "factory": "tiny_models:build"}),
-               "spec.source.uri (s3://models/tiny/weights.pt): cannot reach the S3 endpoint " + endpoint)
+    fails_with(
+        tiny,
+        tiny_spec(source={"uri": "s3://models/tiny/weights.pt", "factory": "tiny_models:build"}),
+        "spec.source.uri (s3://models/tiny/weights.pt): cannot reach the S3 endpoint " + endpoint,
+    )
 
 
 def test_invalid_spec_file(tiny: TinyExample) -> None:

@@ -38,14 +38,16 @@ def test_optimize_writes_status_and_report_then_reuses_everything(tiny: TinyExam
     for cand in by_name.values():
         assert cand["state"] == "OK", cand
         assert set(cand["latencyMs"]) >= {"p50", "p90", "p99"}
-        assert cand["throughput"] > 0 and cand["cacheKey"]
+        assert cand["throughput"] > 0
+        assert cand["cacheKey"]
         assert [b["batchSize"] for b in cand["benchmarks"]] == [1, 4]
         assert "passed" in cand["accuracy"]
     assert by_name["pytorch-cpu-fp32"]["speedup"] == pytest.approx(1.0)
     assert by_name["onnxruntime-cpu-fp32"]["accuracy"]["passed"] is True
     assert by_name["onnxruntime-cpu-int8"]["artifact"].endswith("/model.onnx")
     cuda = next(t for t in status["targets"] if t["device"] == "cuda")
-    assert cuda["state"] == "SKIPPED" and "CUDA" in cuda["reason"]
+    assert cuda["state"] == "SKIPPED"
+    assert "CUDA" in cuda["reason"]
     assert (out / "report.md").read_text().startswith("# Kiln report: tiny")
     assert "<svg" in (out / "report.html").read_text()
     manifests = tiny.manifests()
@@ -55,7 +57,8 @@ def test_optimize_writes_status_and_report_then_reuses_everything(tiny: TinyExam
     assert result.exit_code == 0
     second = status_of(again)
     cpu2 = next(t for t in second["targets"] if t["name"] == "cpu")
-    assert cpu2["cached"] is True and cpu2["cacheKey"] == cpu["cacheKey"]
+    assert cpu2["cached"] is True
+    assert cpu2["cacheKey"] == cpu["cacheKey"]
     assert cpu2["candidates"] == cpu["candidates"]
     assert tiny.manifests() == manifests  # nothing new was built
 
@@ -96,8 +99,11 @@ def test_optimize_from_and_to_s3(tiny: TinyExample, s3_env: S3Server) -> None:
     for shard in sorted((tiny.root / "calibration").glob("*.npz")):
         client.upload_file(str(shard), "kiln-e2e", f"calib/tiny/{shard.name}")
     spec = tiny_spec(
-        source={"uri": "s3://kiln-e2e/models/tiny/weights.pt", "format": "factory",
-                "factory": "tiny_models:build"},
+        source={
+            "uri": "s3://kiln-e2e/models/tiny/weights.pt",
+            "format": "factory",
+            "factory": "tiny_models:build",
+        },
         calibration={"uri": "s3://kiln-e2e/calib/tiny", "samples": 16, "method": "entropy"},
         artifacts={"uri": "s3://kiln-e2e/artifacts"},
         backends=["onnxruntime"],
@@ -107,6 +113,8 @@ def test_optimize_from_and_to_s3(tiny: TinyExample, s3_env: S3Server) -> None:
     assert result.exit_code == 0, result.output
     status = status_of(tiny.root / "out")
     assert status["quantizedArtifact"].startswith("s3://kiln-e2e/artifacts/qdq-")
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket="kiln-e2e", Prefix="artifacts/")["Contents"]]
+    keys = [
+        o["Key"] for o in client.list_objects_v2(Bucket="kiln-e2e", Prefix="artifacts/")["Contents"]
+    ]
     assert any(k.endswith("/result.json") for k in keys)
     assert sum(k.endswith("/manifest.json") for k in keys) == 3  # onnx, qdq, cpu result

@@ -20,16 +20,21 @@ def test_parse_uri_forms(tmp_path: Path) -> None:
 
 
 def test_publish_writes_manifest_last_and_half_written_is_not_ready(tmp_path: Path) -> None:
-    store = ArtifactStore(Storage(), Location("file", "", str(tmp_path / "store")), tmp_path / "cache")
+    store = ArtifactStore(
+        Storage(), Location("file", "", str(tmp_path / "store")), tmp_path / "cache"
+    )
     model = tmp_path / "model.onnx"
     model.write_bytes(b"onnx bytes")
     assert store.manifest("onnx-1") is None
     # A build that died after uploading its file but before the manifest: not ready.
     Storage().store(model, store.location("onnx-2", "model.onnx"))
     assert store.manifest("onnx-2") is None
-    store.publish("onnx-1", {"model.onnx": model}, {"stage": "export"}, documents={"result.json": {"a": 1}})
+    store.publish(
+        "onnx-1", {"model.onnx": model}, {"stage": "export"}, documents={"result.json": {"a": 1}}
+    )
     manifest = store.manifest("onnx-1")
-    assert manifest is not None and set(manifest["files"]) == {"model.onnx", "result.json"}
+    assert manifest is not None
+    assert set(manifest["files"]) == {"model.onnx", "result.json"}
     assert store.fetch("onnx-1", "model.onnx").read_bytes() == b"onnx bytes"
     assert store.read_json("onnx-1", "result.json") == {"a": 1}
     # Tampered content is caught by the manifest digest.

@@ -26,7 +26,8 @@ def test_summary_uses_the_stable_tail() -> None:
     result = summarize(windows, batch=4, settings=settings, stable=True)
     assert result.latency_ms.mean == pytest.approx(10.5)
     assert result.throughput == pytest.approx(4 / 0.0105)
-    assert result.windows == 3 and result.iterations == 6
+    assert result.windows == 3
+    assert result.iterations == 6
     assert result.spread_percent == pytest.approx(spread_percent([0.011, 0.010]))
 
 
@@ -72,8 +73,12 @@ def test_measure_respects_the_time_cap() -> None:
     alternating = [0.01, 0.03] * 1000  # never stable within 1 %
     runner = _ScriptedRunner(alternating)
     settings = Benchmark(
-        warmup_iterations=0, window_iterations=1, min_windows=2, max_windows=1000,
-        stability_percent=1, max_seconds=0.5,
+        warmup_iterations=0,
+        window_iterations=1,
+        min_windows=2,
+        max_windows=1000,
+        stability_percent=1,
+        max_seconds=0.5,
     )
     result = measure(runner, 2, settings, clock=runner.clock)  # type: ignore[arg-type]
     assert not result.stable

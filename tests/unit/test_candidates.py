@@ -7,20 +7,38 @@ from kiln.api.spec import OptimizedModelSpec, Targets
 from kiln.builder.candidates import plan_candidates
 from kiln.builder.environment import Capabilities, TargetPlan, gpu_product_label, plan_targets
 
-NO_GPU = Capabilities(cuda_device=None, cuda_reason="no CUDA device", ort_providers=["CPUExecutionProvider"],
-                      tensorrt=None, tensorrt_reason="tensorrt is not installed")
-H100 = Capabilities(cuda_device="NVIDIA-H100-80GB-HBM3", cuda_reason="",
-                    ort_providers=["CUDAExecutionProvider", "CPUExecutionProvider"], tensorrt="10.9")
+NO_GPU = Capabilities(
+    cuda_device=None,
+    cuda_reason="no CUDA device",
+    ort_providers=["CPUExecutionProvider"],
+    tensorrt=None,
+    tensorrt_reason="tensorrt is not installed",
+)
+H100 = Capabilities(
+    cuda_device="NVIDIA-H100-80GB-HBM3",
+    cuda_reason="",
+    ort_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+    tensorrt="10.9",
+)
 
 
 def spec(**over: Any) -> OptimizedModelSpec:
     body: dict[str, Any] = {
-        "source": {"uri": "m.pt2"}, "inputs": [{"name": "x", "shape": [-1, 3]}], "outputs": ["y"],
+        "source": {"uri": "m.pt2"},
+        "inputs": [{"name": "x", "shape": [-1, 3]}],
+        "outputs": ["y"],
         "calibration": {"uri": "cal"},
     }
     body.update(over)
-    return parse_document({"apiVersion": "kiln.dev/v1alpha1", "kind": "OptimizedModel",
-                           "metadata": {"name": "m"}, "spec": body}, "x").spec
+    return parse_document(
+        {
+            "apiVersion": "kiln.dev/v1alpha1",
+            "kind": "OptimizedModel",
+            "metadata": {"name": "m"},
+            "spec": body,
+        },
+        "x",
+    ).spec
 
 
 def test_gpu_label_matches_feature_discovery() -> None:
@@ -31,30 +49,50 @@ def test_targets_without_gpu_list_a_skipped_cuda_target() -> None:
     plans = plan_targets(Targets(), NO_GPU)
     assert plans == [TargetPlan("cpu", "cpu"), TargetPlan("cuda", "cuda", "no CUDA device")]
     named = plan_targets(Targets(cpu=False, gpu_types=["NVIDIA-L4"]), H100)
-    assert named == [TargetPlan("NVIDIA-L4", "cuda", "GPU type NVIDIA-L4 is not on this machine (NVIDIA-H100-80GB-HBM3)")]
+    assert named == [
+        TargetPlan(
+            "NVIDIA-L4", "cuda", "GPU type NVIDIA-L4 is not on this machine (NVIDIA-H100-80GB-HBM3)"
+        )
+    ]
     assert plan_targets(Targets(cpu=False), H100) == [TargetPlan("NVIDIA-H100-80GB-HBM3", "cuda")]
 
 
 def test_cpu_candidates_and_baseline() -> None:
     plans = plan_candidates(spec(), TargetPlan("cpu", "cpu"), NO_GPU)
     assert [p.name for p in plans] == [
-        "pytorch-cpu-fp32", "torch-compile-cpu-fp32", "onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"]
+        "pytorch-cpu-fp32",
+        "torch-compile-cpu-fp32",
+        "onnxruntime-cpu-fp32",
+        "onnxruntime-cpu-int8",
+    ]
     assert all(p.skip is None for p in plans)
 
 
 def test_gpu_candidates_are_skipped_with_reasons_without_gpu_packages() -> None:
-    no_trt = Capabilities(**{**H100.__dict__, "tensorrt": None, "tensorrt_reason": "tensorrt is not installed",
-                             "ort_providers": ["CPUExecutionProvider"]})
-    plans = {p.name: p.skip for p in plan_candidates(spec(), TargetPlan("NVIDIA-H100-80GB-HBM3", "cuda"), no_trt)}
+    no_trt = Capabilities(
+        **{
+            **H100.__dict__,
+            "tensorrt": None,
+            "tensorrt_reason": "tensorrt is not installed",
+            "ort_providers": ["CPUExecutionProvider"],
+        }
+    )
+    plans = {
+        p.name: p.skip
+        for p in plan_candidates(spec(), TargetPlan("NVIDIA-H100-80GB-HBM3", "cuda"), no_trt)
+    }
     assert plans["pytorch-cuda-fp32"] is None
     assert plans["tensorrt-cuda-int8"] == "tensorrt is not installed"
     assert "no CUDAExecutionProvider" in (plans["onnxruntime-cuda-fp16"] or "")
     full = plan_candidates(spec(), TargetPlan("NVIDIA-H100-80GB-HBM3", "cuda"), H100)
-    assert len(full) == 6 and all(p.skip is None for p in full)
+    assert len(full) == 6
+    assert all(p.skip is None for p in full)
 
 
 def test_spec_filters_backends_and_precisions_but_keeps_the_baseline() -> None:
-    plans = plan_candidates(spec(backends=["onnxruntime"], precisions=["int8"]), TargetPlan("cpu", "cpu"), NO_GPU)
+    plans = plan_candidates(
+        spec(backends=["onnxruntime"], precisions=["int8"]), TargetPlan("cpu", "cpu"), NO_GPU
+    )
     assert [p.name for p in plans] == ["pytorch-cpu-fp32", "onnxruntime-cpu-int8"]
 
 

@@ -7,7 +7,8 @@ def test_key_is_stable_and_order_independent() -> None:
     a = cache_key("onnx", model="sha256:1", settings={"opset": 18, "inputs": [1, 2]})
     b = cache_key("onnx", settings={"inputs": [1, 2], "opset": 18}, model="sha256:1")
     assert a == b
-    assert a.startswith("onnx-") and len(a) == len("onnx-") + 24
+    assert a.startswith("onnx-")
+    assert len(a) == len("onnx-") + 24
 
 
 def test_every_part_changes_the_key() -> None:

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 from kiln.api.spec import Backend, Precision
 from kiln.api.status import (
-    AccuracyResult, BatchBenchmark, CandidateStatus, Latency, OptimizedModelStatus, Phase, State,
+    AccuracyResult,
+    BatchBenchmark,
+    CandidateStatus,
+    Latency,
+    OptimizedModelStatus,
+    Phase,
+    State,
     TargetStatus,
 )
 from kiln.api.summary import phase_of, summary_of
@@ -12,25 +18,53 @@ LAT = Latency(p50=5, p90=6, p99=7, mean=5.5)
 
 
 def _cand(name: str, backend: Backend, speedup: float, passed: bool = True) -> CandidateStatus:
-    bench = BatchBenchmark(batch_size=8, latency_ms=LAT, throughput=100 * speedup, speedup=speedup,
-                           spread_percent=1.5, windows=4, iterations=80, stable=True)
+    bench = BatchBenchmark(
+        batch_size=8,
+        latency_ms=LAT,
+        throughput=100 * speedup,
+        speedup=speedup,
+        spread_percent=1.5,
+        windows=4,
+        iterations=80,
+        stable=True,
+    )
     return CandidateStatus(
-        name=name, backend=backend, precision=Precision.FP32, device="cpu", state=State.OK,
-        batch_size=8, latency_ms=LAT, throughput=100 * speedup, speedup=speedup, benchmarks=[bench],
-        accuracy=AccuracyResult(passed=passed, criterion="c", samples=4, max_abs_error=0.1, relative_error=0.01),
+        name=name,
+        backend=backend,
+        precision=Precision.FP32,
+        device="cpu",
+        state=State.OK,
+        batch_size=8,
+        latency_ms=LAT,
+        throughput=100 * speedup,
+        speedup=speedup,
+        benchmarks=[bench],
+        accuracy=AccuracyResult(
+            passed=passed, criterion="c", samples=4, max_abs_error=0.1, relative_error=0.01
+        ),
     )
 
 
 def target(selected: str | None) -> TargetStatus:
     return TargetStatus(
-        name="cpu", device="cpu", state=State.OK, baseline="pytorch-cpu-fp32", selected=selected,
+        name="cpu",
+        device="cpu",
+        state=State.OK,
+        baseline="pytorch-cpu-fp32",
+        selected=selected,
         selection_reason="because",
         candidates=[
             _cand("pytorch-cpu-fp32", Backend.PYTORCH, 1.0),
             _cand("onnxruntime-cpu-fp32", Backend.ONNXRUNTIME, 1.6),
             _cand("onnxruntime-cpu-int8", Backend.ONNXRUNTIME, 2.5, passed=False),
-            CandidateStatus(name="tensorrt-cuda-fp16", backend=Backend.TENSORRT, precision=Precision.FP16,
-                            device="cuda", state=State.SKIPPED, reason="no CUDA device"),
+            CandidateStatus(
+                name="tensorrt-cuda-fp16",
+                backend=Backend.TENSORRT,
+                precision=Precision.FP16,
+                device="cuda",
+                state=State.SKIPPED,
+                reason="no CUDA device",
+            ),
         ],
     )
 
@@ -47,12 +81,18 @@ def test_phase_and_summary() -> None:
 
 
 def test_reports_show_every_candidate_gate_and_reason() -> None:
-    status = OptimizedModelStatus(phase=Phase.READY, summary="s", targets=[target("onnxruntime-cpu-fp32")])
+    status = OptimizedModelStatus(
+        phase=Phase.READY, summary="s", targets=[target("onnxruntime-cpu-fp32")]
+    )
     table = rows(status)
     assert [r[1] for r in table] == ["pytorch", "onnxruntime", "onnxruntime", "tensorrt"]
-    assert table[1][-1] == "*" and table[0][-1] == "baseline" and table[2][-2] == "FAIL"
+    assert table[1][-1] == "*"
+    assert table[0][-1] == "baseline"
+    assert table[2][-2] == "FAIL"
     md = render_markdown("m", status)
     assert "| onnxruntime-cpu-int8 | 8 | 5 | 6 | 7 | 250 | 2.50x | 1.5 | 4 | yes |" in md
     assert "tensorrt-cuda-fp16@cpu: no CUDA device" in md
     page = render_html("m", status)
-    assert page.count("<rect") == 3 and "#c62828" in page and "<svg" in page
+    assert page.count("<rect") == 3
+    assert "#c62828" in page
+    assert "<svg" in page

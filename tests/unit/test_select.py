@@ -7,12 +7,25 @@ from kiln.api.status import AccuracyResult, CandidateStatus, Latency, State
 from kiln.builder.select import select
 
 
-def cand(name: str, backend: Backend, throughput: float, speedup: float, p99: float = 10.0,
-         passed: bool = True, state: State = State.OK) -> CandidateStatus:
+def cand(
+    name: str,
+    backend: Backend,
+    throughput: float,
+    speedup: float,
+    p99: float = 10.0,
+    passed: bool = True,
+    state: State = State.OK,
+) -> CandidateStatus:
     acc = AccuracyResult(passed=passed, criterion="c", samples=1, max_abs_error=0, relative_error=0)
     return CandidateStatus(
-        name=name, backend=backend, precision=Precision.FP32, device="cpu", state=state,
-        throughput=throughput, speedup=speedup, accuracy=acc,
+        name=name,
+        backend=backend,
+        precision=Precision.FP32,
+        device="cpu",
+        state=state,
+        throughput=throughput,
+        speedup=speedup,
+        accuracy=acc,
         latency_ms=Latency(p50=p99 / 2, p90=p99 * 0.9, p99=p99, mean=p99 / 2),
     )
 
@@ -25,11 +38,13 @@ def pick(cands: list[CandidateStatus], **selection: Any) -> tuple[str | None, st
 
 
 def test_max_throughput_picks_fastest_verified_servable() -> None:
-    chosen, why = pick([
-        cand("ort", Backend.ONNXRUNTIME, 20, 2.0),
-        cand("ort-int8", Backend.ONNXRUNTIME, 40, 4.0, passed=False),
-        cand("compile", Backend.TORCH_COMPILE, 50, 5.0),
-    ])
+    chosen, why = pick(
+        [
+            cand("ort", Backend.ONNXRUNTIME, 20, 2.0),
+            cand("ort-int8", Backend.ONNXRUNTIME, 40, 4.0, passed=False),
+            cand("compile", Backend.TORCH_COMPILE, 50, 5.0),
+        ]
+    )
     assert chosen == "ort"
     assert "2.00x over pytorch-cpu-fp32" in why
 
@@ -50,13 +65,16 @@ def test_latency_budget_and_min_latency() -> None:
     chosen, _ = pick(cands, objective=Objective.MIN_LATENCY)
     assert chosen == "steady"
     chosen, why = pick(cands, objective=Objective.MAX_THROUGHPUT_UNDER_LATENCY, latency_budget_ms=1)
-    assert chosen is None and "latency budget of 1 ms" in why
+    assert chosen is None
+    assert "latency budget of 1 ms" in why
 
 
 def test_failed_gates_and_failed_builds_are_never_selected() -> None:
-    chosen, why = pick([
-        cand("bad", Backend.ONNXRUNTIME, 90, 9.0, passed=False),
-        cand("broken", Backend.TENSORRT, 99, 9.9, state=State.FAILED),
-    ])
+    chosen, why = pick(
+        [
+            cand("bad", Backend.ONNXRUNTIME, 90, 9.0, passed=False),
+            cand("broken", Backend.TENSORRT, 99, 9.9, state=State.FAILED),
+        ]
+    )
     assert chosen is None
     assert why == "no servable (ONNX Runtime or TensorRT) candidate passed its accuracy gate"

@@ -41,15 +41,14 @@ def test_example_loads_with_defaults() -> None:
     assert [t.name for t in spec.inputs] == ["image", "audio"]
     assert spec.inputs[0].shape == [-1, 6, 320, 320]
     assert spec.source.resolved_format() is SourceFormat.EXPORTED
-    assert spec.calibration is not None and spec.calibration.samples == 128
+    assert spec.calibration is not None
+    assert spec.calibration.samples == 128
     assert spec.selection.objective is Objective.MAX_THROUGHPUT
     assert spec.decision_batch_size() == 8
 
 
 def test_calibration_default_sample_count_is_512() -> None:
-    model = parse_document(
-        doc(precisions=["int8"], calibration={"uri": "s3://b/cal"}), "spec.yaml"
-    )
+    model = parse_document(doc(precisions=["int8"], calibration={"uri": "s3://b/cal"}), "spec.yaml")
     assert model.spec.calibration is not None
     assert model.spec.calibration.samples == 512
     assert model.spec.calibration.method.value == "entropy"
@@ -58,7 +57,8 @@ def test_calibration_default_sample_count_is_512() -> None:
 def test_wire_form_is_camel_case_and_round_trips() -> None:
     model = load_file(EXAMPLE)
     wire = model.spec.to_wire()
-    assert "batchSizes" in wire and "int8MaxDegradation" in wire["accuracy"]
+    assert "batchSizes" in wire
+    assert "int8MaxDegradation" in wire["accuracy"]
     assert parse_document(doc(**wire), "x").spec == model.spec
 
 
@@ -74,12 +74,18 @@ def test_wire_form_is_camel_case_and_round_trips() -> None:
         ({"batchSizes": [0]}, "spec.batchSizes[0]"),
         ({"selection": {"objective": "maxThroughputUnderLatency"}}, "latencyBudgetMs: required"),
         ({"selection": {"batchSize": 7}}, "selection.batchSize: 7 is not one of batchSizes"),
-        ({"accuracy": {"perOutput": {"z": {"atol": 1}}}}, "accuracy.perOutput: ['z'] not among outputs"),
+        (
+            {"accuracy": {"perOutput": {"z": {"atol": 1}}}},
+            "accuracy.perOutput: ['z'] not among outputs",
+        ),
         ({"source": {"uri": "model.bin"}}, "cannot infer the format"),
         ({"source": {"uri": "w.pt", "format": "factory"}}, "factory: required"),
         ({"source": {"uri": "w.pt", "factory": "not a factory"}}, "expected 'module:function'"),
         ({"sourcee": {"uri": "x.onnx"}}, "spec.sourcee: Extra inputs are not permitted"),
-        ({"inputs": [{"name": "x", "shape": [4, 3]}], "batchSizes": [1, 4]}, "axis 0 is fixed at 4"),
+        (
+            {"inputs": [{"name": "x", "shape": [4, 3]}], "batchSizes": [1, 4]},
+            "axis 0 is fixed at 4",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(change: dict[str, Any], expected: str) -> None:

@@ -32,9 +32,15 @@ def test_int8_gate_is_relative_l2_error() -> None:
     ref = [[rng.standard_normal(1000).astype(np.float32)]]
     noisy = [[ref[0][0] + 0.03 * rng.standard_normal(1000).astype(np.float32)]]
     result = compare(noisy, ref, ["a"], Accuracy(int8_max_degradation=0.05), Precision.INT8)
-    assert result.passed and 0.02 < result.relative_error < 0.04
-    assert not compare(noisy, ref, ["a"], Accuracy(int8_max_degradation=0.01), Precision.INT8).passed
-    assert "relative L2 error <= 0.01" in compare(noisy, ref, ["a"], Accuracy(int8_max_degradation=0.01), Precision.INT8).criterion
+    assert result.passed
+    assert 0.02 < result.relative_error < 0.04
+    assert not compare(
+        noisy, ref, ["a"], Accuracy(int8_max_degradation=0.01), Precision.INT8
+    ).passed
+    assert (
+        "relative L2 error <= 0.01"
+        in compare(noisy, ref, ["a"], Accuracy(int8_max_degradation=0.01), Precision.INT8).criterion
+    )
 
 
 def test_shape_mismatch_fails() -> None:

@@ -74,7 +74,10 @@ def fetch_calibration(ctx: BuildContext) -> CalibrationSet:
         if not shards:
             raise KilnInputError(root.uri, "no .npz shards found")
         paths = [ctx.storage.fetch(loc, ctx.cache_dir / "objects") for loc in shards]
-    counts = [check_shard(p, f"spec.calibration.uri ({loc.uri})", ctx.spec) for p, loc in zip(paths, shards, strict=True)]
+    counts = [
+        check_shard(p, f"spec.calibration.uri ({loc.uri})", ctx.spec)
+        for p, loc in zip(paths, shards, strict=True)
+    ]
     if sum(counts) < cal.samples:
         raise KilnInputError(
             "spec.calibration.samples",

@@ -57,11 +57,15 @@ def plan_candidates(
         is_baseline = plan == baseline
         if not is_baseline and (backend not in spec.backends or precision not in spec.precisions):
             continue
-        plans.append(CandidatePlan(backend, precision, target.device, _skip(plan, target, caps, onnx_source)))
+        plans.append(
+            CandidatePlan(backend, precision, target.device, _skip(plan, target, caps, onnx_source))
+        )
     return plans
 
 
-def _skip(plan: CandidatePlan, target: TargetPlan, caps: Capabilities, onnx_source: bool) -> str | None:
+def _skip(
+    plan: CandidatePlan, target: TargetPlan, caps: Capabilities, onnx_source: bool
+) -> str | None:
     if target.skip:
         return target.skip
     if onnx_source and plan.backend in (Backend.PYTORCH, Backend.TORCH_COMPILE):
@@ -69,7 +73,10 @@ def _skip(plan: CandidatePlan, target: TargetPlan, caps: Capabilities, onnx_sour
     if plan.backend is Backend.TORCH_COMPILE and plan.device == "cpu" and not caps.cpp_compiler:
         return "torch.compile on CPU needs a C++ compiler (none on PATH)"
     if plan.device == "cuda":
-        if plan.backend is Backend.ONNXRUNTIME and "CUDAExecutionProvider" not in caps.ort_providers:
+        if (
+            plan.backend is Backend.ONNXRUNTIME
+            and "CUDAExecutionProvider" not in caps.ort_providers
+        ):
             return (
                 "onnxruntime has no CUDAExecutionProvider (providers: "
                 f"{', '.join(caps.ort_providers)}); install kiln[gpu]"

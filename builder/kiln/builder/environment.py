@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kiln.api.keys import BUILDER_VERSION
 from kiln.api.spec import Targets
@@ -89,7 +90,9 @@ def plan_targets(targets: Targets, caps: Capabilities) -> list[TargetPlan]:
     for name in wanted:
         if name != caps.cuda_device:
             plans.append(
-                TargetPlan(name, "cuda", f"GPU type {name} is not on this machine ({caps.cuda_device})")
+                TargetPlan(
+                    name, "cuda", f"GPU type {name} is not on this machine ({caps.cuda_device})"
+                )
             )
     return plans
 
@@ -97,10 +100,7 @@ def plan_targets(targets: Targets, caps: Capabilities) -> list[TargetPlan]:
 def environment(target: TargetPlan, caps: Capabilities, threads: int | None) -> Environment:
     import torch
 
-    if target.device == "cuda" and caps.cuda_device:
-        device_name = caps.cuda_device
-    else:
-        device_name = _cpu_model()
+    device_name = caps.cuda_device if target.device == "cuda" and caps.cuda_device else _cpu_model()
     return Environment(
         device_type=target.name,
         device_name=device_name,
@@ -116,7 +116,7 @@ def environment(target: TargetPlan, caps: Capabilities, threads: int | None) -> 
 
 def _cpu_model() -> str:
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        with Path("/proc/cpuinfo").open(encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()

@@ -54,17 +54,30 @@ def export_onnx(module: Any, spec: OptimizedModelSpec, out: Path) -> None:
         with contextlib.redirect_stdout(log):
             if _legacy(spec):
                 torch.onnx.export(
-                    module, args, str(out), input_names=names, output_names=spec.outputs,
+                    module,
+                    args,
+                    str(out),
+                    input_names=names,
+                    output_names=spec.outputs,
                     dynamic_axes={t.name: {0: "batch"} for t in spec.inputs if t.dynamic_batch}
                     | {o: {0: "batch"} for o in spec.outputs},
-                    opset_version=spec.opset, dynamo=False,
+                    opset_version=spec.opset,
+                    dynamo=False,
                 )
             else:
                 dim = torch.export.Dim("batch", min=1, max=4096)
                 torch.onnx.export(
-                    module, args, str(out), input_names=names, output_names=spec.outputs,
-                    dynamic_shapes={t.name: ({0: dim} if t.dynamic_batch else {}) for t in spec.inputs},
-                    opset_version=spec.opset, dynamo=True, external_data=False,
+                    module,
+                    args,
+                    str(out),
+                    input_names=names,
+                    output_names=spec.outputs,
+                    dynamic_shapes={
+                        t.name: ({0: dim} if t.dynamic_batch else {}) for t in spec.inputs
+                    },
+                    opset_version=spec.opset,
+                    dynamo=True,
+                    external_data=False,
                 )
     except Exception as exc:
         raise KilnInputError(

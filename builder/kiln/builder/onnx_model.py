@@ -38,17 +38,21 @@ def check_onnx_signature(model: onnx.ModelProto, spec: OptimizedModelSpec) -> No
         if value is None:
             raise KilnInputError(
                 f"{where}.name",
-                f"{tensor.name!r} is not an input of the model; its inputs are {sorted(graph_inputs)}",
+                f"{tensor.name!r} is not an input of the model; "
+                f"its inputs are {sorted(graph_inputs)}",
             )
         ttype = value.type.tensor_type
         dtype = _ONNX_DTYPES.get(ttype.elem_type)
         if dtype is not tensor.dtype:
             got = dtype.value if dtype else onnx.TensorProto.DataType.Name(ttype.elem_type)
-            raise KilnInputError(f"{where}.dtype", f"the model expects {got}, spec says {tensor.dtype.value}")
+            raise KilnInputError(
+                f"{where}.dtype", f"the model expects {got}, spec says {tensor.dtype.value}"
+            )
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
         if len(dims) != len(tensor.shape):
             raise KilnInputError(
-                f"{where}.shape", f"the model expects rank {len(dims)} {dims}, spec says {tensor.shape}"
+                f"{where}.shape",
+                f"the model expects rank {len(dims)} {dims}, spec says {tensor.shape}",
             )
         for axis, (want, have) in enumerate(zip(tensor.shape, dims, strict=True)):
             if have == -1:
@@ -69,5 +73,6 @@ def check_onnx_signature(model: onnx.ModelProto, spec: OptimizedModelSpec) -> No
     for index, name in enumerate(spec.outputs):
         if name not in outputs:
             raise KilnInputError(
-                f"spec.outputs[{index}]", f"{name!r} is not an output of the model; it has {outputs}"
+                f"spec.outputs[{index}]",
+                f"{name!r} is not an output of the model; it has {outputs}",
             )

@@ -10,7 +10,7 @@ from kiln.api.summary import phase_of, summary_of
 from kiln.builder.context import BuildContext
 from kiln.builder.environment import Capabilities, plan_targets
 from kiln.builder.prepare import prepare
-from kiln.builder.stages import StageFailed, StageResult
+from kiln.builder.stages import StageFailedError, StageResult
 from kiln.builder.target import build_target
 
 
@@ -31,7 +31,7 @@ def optimize(ctx: BuildContext, caps: Capabilities | None = None) -> Outcome:
     )
     try:
         prepared = prepare(ctx, want_fp16)
-    except StageFailed as exc:
+    except StageFailedError as exc:
         status = OptimizedModelStatus(
             phase=Phase.FAILED,
             observed_generation=ctx.model.metadata.generation,

@@ -25,7 +25,7 @@ from kiln.builder.fetch import FetchedSource, fetch_source
 from kiln.builder.fp16 import convert_fp16
 from kiln.builder.onnx_model import check_onnx_signature, load_onnx
 from kiln.builder.quantize import quantize_qdq
-from kiln.builder.stages import StageFailed, StageResult, timed
+from kiln.builder.stages import StageFailedError, StageResult, timed
 from kiln.builder.torch_source import check_torch_signature, load_torch_module
 from kiln.builder.verify import compare
 from kiln.runtime.base import Array, Feeds, infer
@@ -161,12 +161,13 @@ def _check_parity(
             "ONNX Runtime output of the exported model differs from PyTorch beyond "
             f"spec.accuracy ({result.criterion}; max abs error {result.max_abs_error:.3g})"
         )
-        raise StageFailed(stage)
+        raise StageFailedError(stage)
 
 
 def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
     cal = ctx.spec.calibration
-    assert cal is not None and prepared.calibration is not None
+    assert cal is not None
+    assert prepared.calibration is not None
     calibration = prepared.calibration
     key = cache_key(
         "qdq",
@@ -177,9 +178,12 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
         percentile=cal.percentile,
         onnxruntime=_ort_version(),
     )
-    with ctx.reporter.step(
-        f"quantize to Q/DQ INT8 ({cal.method.value}, {cal.samples} samples)", total=cal.samples
-    ) as step, timed(StageResult("quantize")) as st:
+    with (
+        ctx.reporter.step(
+            f"quantize to Q/DQ INT8 ({cal.method.value}, {cal.samples} samples)", total=cal.samples
+        ) as step,
+        timed(StageResult("quantize")) as st,
+    ):
         try:
             prepared.qdq = _model_artifact(
                 ctx,
@@ -214,4 +218,3 @@ def _fp16(ctx: BuildContext, prepared: Prepared) -> None:
             st.state, st.reason = State.FAILED, f"FP16 conversion failed: {exc}"
             prepared.fp16_error = st.reason
     prepared.stages.append(st)
-

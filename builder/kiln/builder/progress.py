@@ -14,9 +14,7 @@ class Step(Protocol):
 class Reporter(Protocol):
     def log(self, message: str) -> None: ...
 
-    def step(
-        self, description: str, total: int | None = None
-    ) -> AbstractContextManager[Step]: ...
+    def step(self, description: str, total: int | None = None) -> AbstractContextManager[Step]: ...
 
 
 class _NullStep:

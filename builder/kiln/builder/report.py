@@ -7,11 +7,22 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 
-from kiln.api.status import CandidateStatus, OptimizedModelStatus, TargetStatus
+from kiln.api.status import OptimizedModelStatus, TargetStatus
 
 COLUMNS = [
-    "target", "candidate", "precision", "device", "state", "batch", "p50 ms", "p99 ms",
-    "throughput/s", "speedup", "rel. error", "gate", "selected",
+    "target",
+    "candidate",
+    "precision",
+    "device",
+    "state",
+    "batch",
+    "p50 ms",
+    "p99 ms",
+    "throughput/s",
+    "speedup",
+    "rel. error",
+    "gate",
+    "selected",
 ]
 
 
@@ -25,17 +36,25 @@ def rows(status: OptimizedModelStatus) -> list[list[str]]:
         for c in target.candidates:
             gate = "-" if c.accuracy is None else ("pass" if c.accuracy.passed else "FAIL")
             state = c.state.value + (" (cached)" if c.cached or target.cached else "")
-            out.append([
-                target.name, c.backend.value, c.precision.value, c.device, state,
-                _num(c.batch_size, 6) if c.batch_size else "-",
-                _num(c.latency_ms.p50 if c.latency_ms else None),
-                _num(c.latency_ms.p99 if c.latency_ms else None),
-                _num(c.throughput, 4),
-                "-" if c.speedup is None else f"{c.speedup:.2f}x",
-                _num(c.accuracy.relative_error if c.accuracy else None, 2),
-                gate,
-                "*" if target.selected == c.name else ("baseline" if target.baseline == c.name else ""),
-            ])
+            out.append(
+                [
+                    target.name,
+                    c.backend.value,
+                    c.precision.value,
+                    c.device,
+                    state,
+                    _num(c.batch_size, 6) if c.batch_size else "-",
+                    _num(c.latency_ms.p50 if c.latency_ms else None),
+                    _num(c.latency_ms.p99 if c.latency_ms else None),
+                    _num(c.throughput, 4),
+                    "-" if c.speedup is None else f"{c.speedup:.2f}x",
+                    _num(c.accuracy.relative_error if c.accuracy else None, 2),
+                    gate,
+                    "*"
+                    if target.selected == c.name
+                    else ("baseline" if target.baseline == c.name else ""),
+                ]
+            )
     return out
 
 
@@ -67,13 +86,19 @@ def render_markdown(name: str, status: OptimizedModelStatus) -> str:
                 f"Measured on {env.device_name} with torch {env.torch}, onnxruntime "
                 f"{env.onnxruntime}, tensorrt {env.tensorrt or '-'}, {env.cpu_threads} CPU threads."
             )
-        lines.append(f"Selected: **{target.selected or 'none'}** — {target.selection_reason or target.reason or ''}")
-        lines += ["", "| candidate | batch | p50 ms | p90 ms | p99 ms | throughput/s | speedup | spread % | windows | stable |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        why = target.selection_reason or target.reason or ""
+        lines.append(f"Selected: **{target.selected or 'none'}** — {why}")
+        lines += [
+            "",
+            "| candidate | batch | p50 ms | p90 ms | p99 ms | throughput/s | speedup "
+            "| spread % | windows | stable |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for c in target.candidates:
             for b in c.benchmarks:
                 lines.append(
-                    f"| {c.name} | {b.batch_size} | {b.latency_ms.p50:.3g} | {b.latency_ms.p90:.3g} "
+                    f"| {c.name} | {b.batch_size} | {b.latency_ms.p50:.3g} "
+                    f"| {b.latency_ms.p90:.3g} "
                     f"| {b.latency_ms.p99:.3g} | {b.throughput:.4g} | "
                     f"{'-' if b.speedup is None else f'{b.speedup:.2f}x'} | {b.spread_percent:.1f} "
                     f"| {b.windows} | {'yes' if b.stable else 'no (time cap)'} |"
@@ -92,18 +117,27 @@ def _bars(target: TargetStatus, width: int = 640) -> str:
     top = max(c.throughput or 0.0 for c in measured)
     bar_h, label_w = 22, 220
     height = bar_h * len(measured) + 10
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
+    ]
     for i, c in enumerate(measured):
         y = 5 + i * bar_h
         w = (width - label_w - 120) * (c.throughput or 0.0) / top
-        colour = "#2e7d32" if c.name == target.selected else ("#9e9e9e" if c.name == target.baseline else "#1565c0")
+        colour = (
+            "#2e7d32"
+            if c.name == target.selected
+            else ("#9e9e9e" if c.name == target.baseline else "#1565c0")
+        )
         if c.accuracy is not None and not c.accuracy.passed:
             colour = "#c62828"
         label = html.escape(c.name)
         speed = "" if c.speedup is None else f" {c.speedup:.2f}x"
         p99 = f", p99 {c.latency_ms.p99:.3g} ms" if c.latency_ms else ""
         parts.append(f'<text x="0" y="{y + 15}" font-size="12">{label}</text>')
-        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{bar_h - 6}" fill="{colour}"/>')
+        parts.append(
+            f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" '
+            f'height="{bar_h - 6}" fill="{colour}"/>'
+        )
         parts.append(
             f'<text x="{label_w + w + 4:.1f}" y="{y + 15}" font-size="11">'
             f"{c.throughput:.4g}/s{speed}{p99}</text>"
@@ -115,7 +149,9 @@ def _bars(target: TargetStatus, width: int = 640) -> str:
 def render_html(name: str, status: OptimizedModelStatus) -> str:
     def table(header: Iterable[str], body: Iterable[Iterable[str]]) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        rows_ = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in body)
+        rows_ = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in body
+        )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{rows_}</tbody></table>"
 
     sections = []

@@ -25,7 +25,7 @@ class StageResult:
         return f"{self.stage:<10} {self.state.value:<8} {self.seconds:6.1f}s{note}{why}"
 
 
-class StageFailed(Exception):
+class StageFailedError(Exception):
     """A stage failed for a reason that is not the user's input (exporter parity, a crash)."""
 
     def __init__(self, result: StageResult) -> None:

@@ -61,7 +61,9 @@ def candidate_key(plan: CandidatePlan, prepared: Prepared, env: Environment) -> 
     return cache_key(
         "cand",
         name=plan.name,
-        model=model.key if model and plan.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT) else None,
+        model=model.key
+        if model and plan.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT)
+        else None,
         source=prepared.source.digest,
         device=env.device_type,
         torch=env.torch,
@@ -95,14 +97,20 @@ def build_target(
 
     if target.skip:
         status = TargetStatus(
-            name=target.name, device=target.device, state=State.SKIPPED, reason=target.skip,
-            baseline=baseline, environment=env,
+            name=target.name,
+            device=target.device,
+            state=State.SKIPPED,
+            reason=target.skip,
+            baseline=baseline,
+            environment=env,
             candidates=[_skipped(p, target.skip, keys[p.name]) for p in plans],
         )
         return _with_selection(status, ctx)
 
     if not ctx.force and ctx.artifacts.manifest(key) is not None:
-        ctx.reporter.log(f"[{target.name}] unchanged inputs: reusing the stored result {result_uri}")
+        ctx.reporter.log(
+            f"[{target.name}] unchanged inputs: reusing the stored result {result_uri}"
+        )
         stored = TargetStatus.model_validate(ctx.artifacts.read_json(key, RESULT_FILE))
         return _with_selection(stored.model_copy(update={"cached": True}), ctx)
 
@@ -118,12 +126,22 @@ def build_target(
     decision = spec.decision_batch_size()
     candidates = [_finish(b, decision) for b in built]
     status = TargetStatus(
-        name=target.name, device=target.device, state=State.OK, baseline=baseline,
-        cache_key=key, result=result_uri, environment=env, candidates=candidates,
+        name=target.name,
+        device=target.device,
+        state=State.OK,
+        baseline=baseline,
+        cache_key=key,
+        result=result_uri,
+        environment=env,
+        candidates=candidates,
     )
     status = _with_selection(status, ctx)
-    ctx.artifacts.publish(key, {}, {"stage": "result", "target": target.name},
-                          documents={RESULT_FILE: status.to_wire()})
+    ctx.artifacts.publish(
+        key,
+        {},
+        {"stage": "result", "target": target.name},
+        documents={RESULT_FILE: status.to_wire()},
+    )
     return status
 
 
@@ -138,14 +156,25 @@ def _with_selection(status: TargetStatus, ctx: BuildContext) -> TargetStatus:
 
 def _skipped(plan: CandidatePlan, reason: str, key: str) -> CandidateStatus:
     return CandidateStatus(
-        name=plan.name, backend=plan.backend, precision=plan.precision, device=plan.device,
-        state=State.SKIPPED, reason=reason, cache_key=key,
+        name=plan.name,
+        backend=plan.backend,
+        precision=plan.precision,
+        device=plan.device,
+        state=State.SKIPPED,
+        reason=reason,
+        cache_key=key,
     )
 
 
 def _base(plan: CandidatePlan, key: str) -> dict[str, Any]:
-    return {"name": plan.name, "backend": plan.backend, "precision": plan.precision,
-            "device": plan.device, "state": State.OK, "cache_key": key}
+    return {
+        "name": plan.name,
+        "backend": plan.backend,
+        "precision": plan.precision,
+        "device": plan.device,
+        "state": State.OK,
+        "cache_key": key,
+    }
 
 
 def _fail(b: Built, reason: str) -> None:
@@ -183,10 +212,13 @@ def _runner(
     device = "cuda:0" if target.device == "cuda" else "cpu"
     if plan.backend in (Backend.PYTORCH, Backend.TORCH_COMPILE):
         module = prepared.module
+        if module is None:
+            raise RuntimeError("no PyTorch module (ONNX source)")
         if device != "cpu":
-            module = copy.deepcopy(module).to(device)  # type: ignore[union-attr]
-        return TorchRunner(plan.name, module, names, device,
-                           compile_model=plan.backend is Backend.TORCH_COMPILE)
+            module = copy.deepcopy(module).to(device)
+        return TorchRunner(
+            plan.name, module, names, device, compile_model=plan.backend is Backend.TORCH_COMPILE
+        )
     model, missing = _model_for(plan, prepared)
     if model is None:
         _fail(b, missing)
@@ -194,7 +226,9 @@ def _runner(
     if plan.backend is Backend.ONNXRUNTIME:
         b.status["artifact"] = model.uri
         b.status["cached"] = model.cached
-        return OrtRunner(plan.name, model.path, ctx.spec.outputs, device, ctx.spec.benchmark.threads)
+        return OrtRunner(
+            plan.name, model.path, ctx.spec.outputs, device, ctx.spec.benchmark.threads
+        )
     engine = _tensorrt_engine(ctx, plan, model, target, b)
     from kiln.runtime.trt_runner import TrtRunner
 
@@ -210,8 +244,14 @@ def _tensorrt_engine(
 
     spec = ctx.spec
     ver = versions()
-    engine_key = cache_key("trt", model=model.key, precision=plan.precision.value,
-                           gpu=target.name, batchSizes=spec.batch_sizes, **ver)
+    engine_key = cache_key(
+        "trt",
+        model=model.key,
+        precision=plan.precision.value,
+        gpu=target.name,
+        batchSizes=spec.batch_sizes,
+        **ver,
+    )
     b.status["artifact"] = ctx.artifacts.location(engine_key, ENGINE_FILE).uri
     if not ctx.force and ctx.artifacts.manifest(engine_key) is not None:
         b.status["cached"] = True
@@ -223,17 +263,31 @@ def _tensorrt_engine(
     if ctx.artifacts.manifest(timing_key) is not None:
         timing.write_bytes(ctx.artifacts.fetch(timing_key, TIMING_CACHE_FILE).read_bytes())
     lo, opt, hi = spec.batch_sizes[0], spec.decision_batch_size(), spec.batch_sizes[-1]
-    args = [sys.executable, "-m", "kiln.runtime.trt_build", "--onnx", str(model.path),
-            "--engine", str(work / ENGINE_FILE), "--timing-cache", str(timing)]
+    args = [
+        sys.executable,
+        "-m",
+        "kiln.runtime.trt_build",
+        "--onnx",
+        str(model.path),
+        "--engine",
+        str(work / ENGINE_FILE),
+        "--timing-cache",
+        str(timing),
+    ]
     for t in spec.inputs:
-        profile = ShapeProfile(t.name, t.concrete_shape(lo), t.concrete_shape(opt), t.concrete_shape(hi))
+        profile = ShapeProfile(
+            t.name, t.concrete_shape(lo), t.concrete_shape(opt), t.concrete_shape(hi)
+        )
         args += ["--shape", profile.to_arg()]
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"TensorRT build exited {proc.returncode}: {' | '.join(tail)}")
-    ctx.artifacts.publish(engine_key, {ENGINE_FILE: work / ENGINE_FILE},
-                          {"stage": "tensorrt", "gpu": target.name, **ver})
+    ctx.artifacts.publish(
+        engine_key,
+        {ENGINE_FILE: work / ENGINE_FILE},
+        {"stage": "tensorrt", "gpu": target.name, **ver},
+    )
     ctx.artifacts.publish(timing_key, {TIMING_CACHE_FILE: timing}, {"stage": "timing", **ver})
     return work / ENGINE_FILE
 
@@ -245,8 +299,13 @@ def _verify(ctx: BuildContext, built: list[Built], prepared: Prepared, target: T
             assert b.runner is not None
             try:
                 outputs = [infer(b.runner, s) for s in prepared.samples]
-                result = compare(outputs, prepared.references, ctx.spec.outputs,
-                                 ctx.spec.accuracy, b.plan.precision)
+                result = compare(
+                    outputs,
+                    prepared.references,
+                    ctx.spec.outputs,
+                    ctx.spec.accuracy,
+                    b.plan.precision,
+                )
                 b.status["accuracy"] = result
             except Exception as exc:
                 _fail(b, f"inference failed: {_error_text(exc)}")
@@ -259,7 +318,9 @@ def _benchmark(
     spec = ctx.spec
     live = [b for b in built if b.runner is not None]
     results: dict[str, list[BatchBenchmark]] = {b.plan.name: [] for b in live}
-    with ctx.reporter.step(f"[{target.name}] benchmark", total=len(live) * len(spec.batch_sizes)) as step:
+    with ctx.reporter.step(
+        f"[{target.name}] benchmark", total=len(live) * len(spec.batch_sizes)
+    ) as step:
         for batch in spec.batch_sizes:
             feeds = stack(prepared.samples, batch)
             for b in live:
@@ -276,7 +337,8 @@ def _benchmark(
     for b in live:
         b.status["benchmarks"] = [
             r.model_copy(update={"speedup": r.throughput / base[r.batch_size]})
-            if r.batch_size in base else r
+            if r.batch_size in base
+            else r
             for r in results[b.plan.name]
         ]
 
@@ -288,7 +350,11 @@ def _finish(b: Built, decision_batch: int) -> CandidateStatus:
     headline = next((r for r in status.benchmarks if r.batch_size == decision_batch), None)
     if headline is None:
         return status
-    return status.model_copy(update={
-        "batch_size": headline.batch_size, "latency_ms": headline.latency_ms,
-        "throughput": headline.throughput, "speedup": headline.speedup,
-    })
+    return status.model_copy(
+        update={
+            "batch_size": headline.batch_size,
+            "latency_ms": headline.latency_ms,
+            "throughput": headline.throughput,
+            "speedup": headline.speedup,
+        }
+    )

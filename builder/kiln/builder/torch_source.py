@@ -26,7 +26,7 @@ def load_torch_module(spec: OptimizedModelSpec, path: Path, base_dir: Path) -> A
     where = "spec.source.uri"
     try:
         if fmt is SourceFormat.TORCHSCRIPT:
-            module: Any = torch.jit.load(str(path), map_location="cpu")
+            module: Any = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         elif fmt is SourceFormat.EXPORTED:
             module = torch.export.load(str(path)).module()
         elif fmt is SourceFormat.FACTORY:
@@ -74,7 +74,9 @@ def check_torch_signature(module: Any, spec: OptimizedModelSpec) -> None:
     batch = spec.batch_sizes[0]
     feeds = random_feeds(spec.inputs, batch, seed=0)
     args = [torch.from_numpy(feeds[t.name]) for t in spec.inputs]
-    described = ", ".join(f"{t.name}{list(t.concrete_shape(batch))}:{t.dtype.value}" for t in spec.inputs)
+    described = ", ".join(
+        f"{t.name}{list(t.concrete_shape(batch))}:{t.dtype.value}" for t in spec.inputs
+    )
     try:
         with torch.inference_mode():
             outputs = flatten_outputs(module(*args))

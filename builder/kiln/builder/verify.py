@@ -29,9 +29,15 @@ def compare(
     per_output: list[OutputError] = []
     for index, name in enumerate(names):
         y = np.concatenate([sample[index].reshape(-1) for sample in outputs]).astype(np.float64)
-        ref = np.concatenate([sample[index].reshape(-1) for sample in references]).astype(np.float64)
+        ref = np.concatenate([sample[index].reshape(-1) for sample in references]).astype(
+            np.float64
+        )
         if y.shape != ref.shape:
-            per_output.append(OutputError(name=name, max_abs_error=float("inf"), relative_error=float("inf"), passed=False))
+            per_output.append(
+                OutputError(
+                    name=name, max_abs_error=float("inf"), relative_error=float("inf"), passed=False
+                )
+            )
             continue
         max_abs = float(np.max(np.abs(y - ref))) if y.size else 0.0
         rel = relative_error(y, ref)
@@ -39,9 +45,15 @@ def compare(
         if precision is Precision.INT8:
             passed = rel <= accuracy.int8_max_degradation
         else:
-            atol, rtol = (tol.fp16_atol, tol.fp16_rtol) if precision is Precision.FP16 else (tol.atol, tol.rtol)
+            atol, rtol = (
+                (tol.fp16_atol, tol.fp16_rtol)
+                if precision is Precision.FP16
+                else (tol.atol, tol.rtol)
+            )
             passed = bool(np.all(np.abs(y - ref) <= atol + rtol * np.abs(ref)))
-        per_output.append(OutputError(name=name, max_abs_error=max_abs, relative_error=rel, passed=passed))
+        per_output.append(
+            OutputError(name=name, max_abs_error=max_abs, relative_error=rel, passed=passed)
+        )
     return AccuracyResult(
         passed=all(o.passed for o in per_output),
         criterion=criterion(accuracy, precision, names),
@@ -58,6 +70,8 @@ def criterion(accuracy: Accuracy, precision: Precision, names: list[str]) -> str
     parts = []
     for name in names:
         tol = accuracy.tolerance(name)
-        atol, rtol = (tol.fp16_atol, tol.fp16_rtol) if precision is Precision.FP16 else (tol.atol, tol.rtol)
+        atol, rtol = (
+            (tol.fp16_atol, tol.fp16_rtol) if precision is Precision.FP16 else (tol.atol, tol.rtol)
+        )
         parts.append(f"{name}: |y-ref| <= {atol:g} + {rtol:g}*|ref|")
     return "; ".join(parts)

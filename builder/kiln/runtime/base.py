@@ -6,12 +6,11 @@ benchmark times inference rather than host-to-device copies, the same for every 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
-import numpy as np
 import numpy.typing as npt
 
-Array = npt.NDArray[np.generic]
+Array = npt.NDArray[Any]
 Feeds = dict[str, Array]
 
 

@@ -48,7 +48,10 @@ class OrtRunner:
         self.session = ort.InferenceSession(
             str(model_path), sess_options=session_options(threads), providers=providers
         )
-        if device.startswith("cuda") and "CUDAExecutionProvider" not in self.session.get_providers():
+        if (
+            device.startswith("cuda")
+            and "CUDAExecutionProvider" not in self.session.get_providers()
+        ):
             raise RuntimeError("CUDAExecutionProvider did not load (is onnxruntime-gpu installed?)")
         self._feeds: Feeds = {}
         self._binding: Any = None
@@ -60,7 +63,9 @@ class OrtRunner:
             # Inputs live on the GPU before timing starts, as the PyTorch baseline's do.
             binding = self.session.io_binding()
             for name, value in self._feeds.items():
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+                binding.bind_ortvalue_input(
+                    name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0)
+                )
             for name in self.output_names:
                 binding.bind_output(name, "cuda")
             self._binding = binding

@@ -41,7 +41,7 @@ class TrtRunner:
         self.context = self.engine.create_execution_context()
         self._inputs: dict[str, torch.Tensor] = {}
         self._outputs: dict[str, torch.Tensor] = {}
-        self._stream = torch.cuda.Stream(device=device)
+        self._stream = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
 
     def prepare(self, feeds: Feeds) -> None:
         import tensorrt as trt

@@ -170,9 +170,7 @@ class Storage:
             root = Path(prefix.key)
             if not root.is_dir():
                 raise KilnInputError(prefix.key, "no such folder")
-            return [
-                Location("file", "", str(p)) for p in sorted(root.rglob("*")) if p.is_file()
-            ]
+            return [Location("file", "", str(p)) for p in sorted(root.rglob("*")) if p.is_file()]
         key = prefix.key.rstrip("/") + "/" if prefix.key else ""
         paginator = self._client().get_paginator("list_objects_v2")
         found: list[Location] = []

@@ -21,9 +21,7 @@ def canonical(value: Any) -> str:
 
 def cache_key(kind: str, **parts: Any) -> str:
     """`kind-<24 hex>`: readable in a listing, collision-safe for this purpose."""
-    digest = hashlib.sha256(
-        canonical({"kind": kind, "builder": BUILDER_VERSION, **parts}).encode()
-    )
+    digest = hashlib.sha256(canonical({"kind": kind, "builder": BUILDER_VERSION, **parts}).encode())
     return f"{kind}-{digest.hexdigest()[:24]}"
 
 

@@ -300,7 +300,9 @@ class ObjectMeta(KilnModel):
     # Metadata comes from the API server with many more fields than Kiln reads.
     model_config = ConfigDict(extra="allow")
 
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ]
     namespace: str | None = None
     generation: int | None = None
     uid: str | None = None
