@@ -1,0 +1,164 @@
+"""ONNX Runtime (FP32, INT8) and, on an NVIDIA GPU, CUDA and TensorRT candidates against
+PyTorch eager, measured side by side in one run on this machine, with spread, plus where the
+time goes (top operators of each runtime at the largest batch size).
+
+    .venv/bin/python benchmarks/runtime_speedup.py [SPEC] [--batch-sizes 1 8] [--seconds 20]
+
+It drives the same pipeline as `kiln optimize` (same export, Q/DQ model, runners and
+stabilised measurement windows), always re-measuring (--force), into a throw-away artifact
+store. On a GPU machine with kiln[gpu] installed the CUDA and TensorRT rows appear by themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from kiln.api.load import load_file
+from kiln.api.status import State
+from kiln.builder.context import BuildContext
+from kiln.builder.feeds import random_feeds
+from kiln.builder.pipeline import optimize
+from kiln.builder.progress import RichReporter
+from kiln.runtime.ort_runner import session_options
+from kiln.storage.artifacts import ArtifactStore
+from kiln.storage.objects import Storage, parse_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "lipsync" / "optimizedmodel.yaml"
+
+
+def ort_top_ops(model: Path, feeds: dict[str, Any], runs: int, top: int) -> list[tuple[str, float]]:
+    """Share of ONNX Runtime CPU kernel time per operator type, from ORT's own profiler."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = session_options(None)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += float(event["dur"])
+    total = sum(per_op.values()) or 1.0
+    return sorted(((op, 100 * t / total) for op, t in per_op.items()), key=lambda x: -x[1])[:top]
+
+
+def torch_top_ops(
+    module: Any, feeds: dict[str, Any], names: list[str], runs: int, top: int
+) -> list[tuple[str, float]]:
+    args = [torch.from_numpy(feeds[n]) for n in names]
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        for _ in range(runs):
+            module(*args)
+    rows = [
+        (e.key, e.self_cpu_time_total) for e in prof.key_averages() if e.key.startswith("aten::")
+    ]
+    total = sum(t for _, t in rows) or 1.0
+    return sorted(((k, 100 * t / total) for k, t in rows), key=lambda x: -x[1])[:top]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec", nargs="?", type=Path, default=EXAMPLE)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--seconds", type=float, default=20.0, help="cap per candidate and batch")
+    parser.add_argument("--top", type=int, default=5, help="operators listed per runtime")
+    args = parser.parse_args()
+
+    model = load_file(args.spec)
+    spec = model.spec.model_copy(
+        update={
+            "batch_sizes": sorted(args.batch_sizes),
+            "backends": [b for b in model.spec.backends if b.value != "torch-compile"],
+            "benchmark": model.spec.benchmark.model_copy(update={"max_seconds": args.seconds}),
+        }
+    )
+    model = model.model_copy(update={"spec": spec})
+    storage = Storage()
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as work:
+        ctx = BuildContext(
+            model=model,
+            base_dir=args.spec.resolve().parent,
+            storage=storage,
+            artifacts=ArtifactStore(
+                storage, parse_uri(str(Path(work) / "store")), Path(work) / "c"
+            ),
+            work_dir=Path(work) / "w",
+            cache_dir=Path(work) / "c",
+            reporter=RichReporter(),
+            force=True,
+        )
+        outcome = optimize(ctx)
+        status = outcome.status
+        print(
+            f"\n{'target':<26} {'candidate':<26} {'batch':>5} {'p50 ms':>9} {'p99 ms':>9} "
+            f"{'samples/s':>10} {'speedup':>8} {'spread %':>9}  gate"
+        )
+        for target in status.targets:
+            for cand in target.candidates:
+                if cand.state is not State.OK:
+                    continue
+                for b in cand.benchmarks:
+                    gate = "pass" if cand.accuracy and cand.accuracy.passed else "FAIL"
+                    print(
+                        f"{target.name:<26} {cand.name:<26} {b.batch_size:>5} "
+                        f"{b.latency_ms.p50:>9.2f} {b.latency_ms.p99:>9.2f} {b.throughput:>10.1f} "
+                        f"{(b.speedup or 0):>7.2f}x {b.spread_percent:>9.1f}  {gate}"
+                    )
+            for cand in target.candidates:
+                if cand.state is not State.OK:
+                    print(f"{target.name:<26} {cand.name:<26} {cand.state.value}: {cand.reason}")
+        print(f"\n{status.summary}")
+
+        # Where the time goes, at the largest batch size, on the CPU.
+        batch = spec.batch_sizes[-1]
+        feeds = random_feeds(spec.inputs, batch, seed=0)
+        names = [t.name for t in spec.inputs]
+        runs = 5
+        print(
+            f"\nWhere the time goes on CPU at batch {batch} ({runs} runs, share of operator time):"
+        )
+        from kiln.builder.fetch import fetch_source
+        from kiln.builder.torch_source import load_torch_module
+
+        module = load_torch_module(spec, fetch_source(ctx).path, ctx.base_dir)
+        for label, ops in [
+            ("pytorch eager", torch_top_ops(module, feeds, names, runs, args.top)),
+            (
+                "onnxruntime fp32",
+                ort_top_ops(Path(parse_uri(status.onnx_artifact or "").key), feeds, runs, args.top),
+            ),
+        ] + (
+            [
+                (
+                    "onnxruntime int8",
+                    ort_top_ops(
+                        Path(parse_uri(status.quantized_artifact).key), feeds, runs, args.top
+                    ),
+                )
+            ]
+            if status.quantized_artifact
+            else []
+        ):
+            print(f"  {label:<18} " + ", ".join(f"{op} {share:.0f}%" for op, share in ops))
+    print(
+        f"\nnumpy {np.__version__}, torch {torch.__version__}, onnxruntime {ort.__version__}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
+    return 0 if status.phase.value != "Failed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
