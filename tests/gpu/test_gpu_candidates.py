@@ -1,0 +1,75 @@
+"""GPU candidates on a real NVIDIA GPU. Without one, every test here reports SKIPPED with the
+reason; nothing is faked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kiln.cli.main import app
+from tests.conftest import TinyExample, tiny_spec
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)"
+    ),
+]
+
+
+def test_gpu_target_runs_every_available_candidate(tiny: TinyExample) -> None:
+    tiny.write_spec(
+        tiny_spec(
+            targets={"cpu": False},
+            backends=["pytorch", "onnxruntime", "tensorrt"],
+            precisions=["fp32", "fp16", "int8"],
+        )
+    )
+    out = tiny.root / "out"
+    result = CliRunner().invoke(app, ["optimize", str(tiny.spec_path), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    (target,) = json.loads((out / "status.json").read_text())["targets"]
+    assert target["device"] == "cuda"
+    assert target["state"] == "OK"
+    cands = {c["name"]: c for c in target["candidates"]}
+    assert cands["pytorch-cuda-fp32"]["state"] == "OK"
+    for name, cand in cands.items():
+        if cand["state"] == "SKIPPED":
+            # Only a missing optional GPU package may skip a candidate on a GPU machine.
+            assert "install kiln[gpu]" in cand["reason"], (name, cand["reason"])
+        else:
+            assert cand["state"] == "OK", (name, cand.get("reason"))
+            assert cand["throughput"] > 0
+    if cands.get("onnxruntime-cuda-fp32", {}).get("state") == "OK":
+        assert cands["onnxruntime-cuda-fp32"]["accuracy"]["passed"]
+
+
+def test_tensorrt_build_failure_is_reported_not_fatal(tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed (kiln[gpu])")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln.runtime.trt_build",
+            "--onnx",
+            str(bad),
+            "--engine",
+            str(tmp_path / "e.plan"),
+            "--shape",
+            "x=1x3:1x3:1x3",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "error: TensorRT could not parse the ONNX model" in proc.stderr
+    assert not (tmp_path / "e.plan").exists()
