@@ -49,6 +49,9 @@ def test_optimize_writes_status_and_report_then_reuses_everything(tiny: TinyExam
     assert cuda["state"] == "SKIPPED"
     assert "CUDA" in cuda["reason"]
     assert (out / "report.md").read_text().startswith("# Kiln report: tiny")
+    model = json.loads((out / "model.json").read_text())
+    assert model["metadata"]["name"] == "tiny"
+    assert model["spec"]["inputs"][0]["shape"] == [-1, 3, 16, 16]
     assert "<svg" in (out / "report.html").read_text()
     manifests = tiny.manifests()
 

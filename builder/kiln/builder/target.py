@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from kiln.api.keys import cache_key
+from kiln.api.layout import MODEL_DOCUMENT, RESULT_FILE
 from kiln.api.spec import Backend, Precision
 from kiln.api.status import (
     BatchBenchmark,
@@ -35,7 +36,6 @@ from kiln.runtime.base import Runner, infer
 from kiln.runtime.ort_runner import OrtRunner
 from kiln.runtime.torch_runner import TorchRunner
 
-RESULT_FILE = "result.json"
 ENGINE_FILE = "engine.plan"
 TIMING_CACHE_FILE = "timing.cache"
 
@@ -140,7 +140,8 @@ def build_target(
         key,
         {},
         {"stage": "result", "target": target.name},
-        documents={RESULT_FILE: status.to_wire()},
+        # The model document travels with the result: a server reads its I/O signature there.
+        documents={RESULT_FILE: status.to_wire(), MODEL_DOCUMENT: ctx.model.to_wire()},
     )
     return status
 

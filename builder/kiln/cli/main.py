@@ -92,7 +92,7 @@ def optimize(
         _write_failed(out_dir, str(exc))
         _fail_input(exc)
     status = outcome.status
-    _write_outputs(out_dir, model.metadata.name, status, report)
+    _write_outputs(out_dir, model, status, report)
     if not quiet:
         _print_table(status, [s.line() for s in outcome.stages])
         typer.echo(f"status: {out_dir / 'status.json'}", err=True)
@@ -148,12 +148,15 @@ def _write_failed(out_dir: Path, message: str) -> None:
 
 
 def _write_outputs(
-    out_dir: Path, name: str, status: OptimizedModelStatus, fmt: ReportFormat
+    out_dir: Path, model: OptimizedModel, status: OptimizedModelStatus, fmt: ReportFormat
 ) -> None:
+    from kiln.api.layout import MODEL_DOCUMENT, STATUS_FILE
     from kiln.builder.report import render_html, render_markdown
 
+    name = model.metadata.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "status.json").write_text(json.dumps(status.to_wire(), indent=2) + "\n")
+    (out_dir / STATUS_FILE).write_text(json.dumps(status.to_wire(), indent=2) + "\n")
+    (out_dir / MODEL_DOCUMENT).write_text(json.dumps(model.to_wire(), indent=2) + "\n")
     if fmt in (ReportFormat.markdown, ReportFormat.both):
         (out_dir / "report.md").write_text(render_markdown(name, status))
     if fmt in (ReportFormat.html, ReportFormat.both):

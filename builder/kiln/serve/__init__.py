@@ -1,0 +1,1 @@
+"""`kiln serve`: the inference server for a selected, verified artifact."""
