@@ -121,3 +121,51 @@ def test_optimize_from_and_to_s3(tiny: TinyExample, s3_env: S3Server) -> None:
     ]
     assert any(k.endswith("/result.json") for k in keys)
     assert sum(k.endswith("/manifest.json") for k in keys) == 3  # onnx, qdq, cpu result
+
+
+def _write_source(tiny: TinyExample, fmt: str) -> dict[str, Any]:
+    import torch
+
+    from tests.fixtures.tiny_models import build
+
+    module = build().eval()
+    example = (torch.randn(2, 3, 16, 16),)
+    if fmt == "torchscript":
+        torch.jit.save(torch.jit.trace(module, example), str(tiny.root / "tiny.ts"))
+        return {"uri": "tiny.ts"}
+    if fmt == "exported":
+        batch = torch.export.Dim("batch", min=1, max=64)
+        program = torch.export.export(module, example, dynamic_shapes={"image": {0: batch}})
+        torch.export.save(program, str(tiny.root / "tiny.pt2"))
+        return {"uri": "tiny.pt2"}
+    torch.onnx.export(
+        module,
+        example,
+        str(tiny.root / "tiny.onnx"),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "b"}, "logits": {0: "b"}},
+        dynamo=False,
+    )
+    return {"uri": "tiny.onnx"}
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported", "onnx"])
+def test_every_source_format(tiny: TinyExample, fmt: str) -> None:
+    tiny.write_spec(tiny_spec(source=_write_source(tiny, fmt)))
+    out = tiny.root / "out"
+    result = run(str(tiny.spec_path), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    cpu = status_of(out)["targets"][0]
+    states = {c["name"]: c["state"] for c in cpu["candidates"]}
+    if fmt == "onnx":
+        # No PyTorch module: ONNX Runtime FP32 on the original model is the baseline.
+        assert cpu["baseline"] == "onnxruntime-cpu-fp32"
+        assert states["pytorch-cpu-fp32"] == "SKIPPED"
+    else:
+        assert cpu["baseline"] == "pytorch-cpu-fp32"
+        assert states["pytorch-cpu-fp32"] == "OK"
+    assert states["onnxruntime-cpu-fp32"] == "OK"
+    assert states["onnxruntime-cpu-int8"] == "OK"
+    fp32 = next(c for c in cpu["candidates"] if c["name"] == "onnxruntime-cpu-fp32")
+    assert fp32["accuracy"]["passed"], fp32["accuracy"]
