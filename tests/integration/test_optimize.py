@@ -131,7 +131,8 @@ def _write_source(tiny: TinyExample, fmt: str) -> dict[str, Any]:
     module = build().eval()
     example = (torch.randn(2, 3, 16, 16),)
     if fmt == "torchscript":
-        torch.jit.save(torch.jit.trace(module, example), str(tiny.root / "tiny.ts"))
+        traced = torch.jit.trace(module, example)  # type: ignore[no-untyped-call]
+        torch.jit.save(traced, str(tiny.root / "tiny.ts"))
         return {"uri": "tiny.ts"}
     if fmt == "exported":
         batch = torch.export.Dim("batch", min=1, max=64)
