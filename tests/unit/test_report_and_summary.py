@@ -11,7 +11,7 @@ from kiln.api.status import (
     State,
     TargetStatus,
 )
-from kiln.api.summary import phase_of, summary_of
+from kiln.api.summary import headline, phase_of, summary_of
 from kiln.builder.report import render_html, render_markdown, rows
 
 LAT = Latency(p50=5, p90=6, p99=7, mean=5.5)
@@ -73,6 +73,11 @@ def test_phase_and_summary() -> None:
     ready = [target("onnxruntime-cpu-fp32")]
     assert phase_of(ready) is Phase.READY
     assert summary_of(ready) == "1.60x onnxruntime-cpu-fp32 on cpu (batch 8, vs pytorch-cpu-fp32)"
+    assert headline(ready) == {
+        "best": "onnxruntime-cpu-fp32@cpu",
+        "best_speedup": "1.60x",
+        "ready_targets": "1/1",
+    }
     none = [target(None)]
     assert phase_of(none) is Phase.NO_IMPROVEMENT
     assert summary_of(none) == "no candidate selected (cpu: because)"

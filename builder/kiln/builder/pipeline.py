@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from kiln.api.spec import Backend, Precision
 from kiln.api.status import OptimizedModelStatus, Phase, State, TargetStatus
-from kiln.api.summary import phase_of, summary_of
+from kiln.api.summary import headline, phase_of, summary_of
 from kiln.builder.context import BuildContext
 from kiln.builder.environment import Capabilities, plan_targets
 from kiln.builder.prepare import prepare
@@ -47,6 +47,7 @@ def optimize(ctx: BuildContext, caps: Capabilities | None = None) -> Outcome:
         quantized_artifact=prepared.qdq.uri if prepared.qdq else None,
         summary=summary_of(results),
         targets=results,
+        **headline(results),
     )
     if status.phase is Phase.FAILED and all(t.state is State.SKIPPED for t in results):
         status = status.model_copy(update={"message": "no target can run on this machine"})

@@ -101,6 +101,21 @@ def optimize(
         raise typer.Exit(EXIT_FAILED)
 
 
+@app.command()
+def crds(
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder to write into")] = Path(
+        "crds"
+    ),
+) -> None:
+    """Write the CustomResourceDefinitions generated from the typed API (kiln.api)."""
+    from kiln.api.crd import render_crds
+
+    output.mkdir(parents=True, exist_ok=True)
+    for name, text in render_crds().items():
+        (output / name).write_text(text)
+        typer.echo(f"wrote {output / name}")
+
+
 def _run(
     model: OptimizedModel,
     spec_path: Path,

@@ -109,10 +109,30 @@ class Source(KilnModel):
 
 
 class TensorSpec(KilnModel):
-    name: Annotated[str, Field(min_length=1)]
+    # The same rules as the validators below, as CEL, so `kubectl apply` rejects them too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.shape.all(d, d > 0 || d == -1) && "
+                    "(self.shape.filter(d, d == -1).size() == 0 || "
+                    "(self.shape.filter(d, d == -1).size() == 1 && self.shape[0] == -1))",
+                    "message": "dimensions must be positive; only axis 0 may be -1 "
+                    "(the dynamic batch axis)",
+                    "fieldPath": ".shape",
+                }
+            ]
+        }
+    )
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
     shape: Annotated[
         list[int],
-        Field(min_length=1, description="-1 marks the dynamic batch axis (first axis only)"),
+        Field(
+            min_length=1,
+            max_length=16,
+            description="-1 marks the dynamic batch axis (first axis only)",
+        ),
     ]
     dtype: DType = DType.FLOAT32
 
@@ -181,6 +201,18 @@ class Accuracy(Tolerance):
 
 
 class Selection(KilnModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.objective) || self.objective != 'maxThroughputUnderLatency'"
+                    " || has(self.latencyBudgetMs)",
+                    "message": "latencyBudgetMs: required for objective maxThroughputUnderLatency",
+                }
+            ]
+        }
+    )
+
     objective: Objective = Objective.MAX_THROUGHPUT
     latency_budget_ms: Annotated[float, Field(gt=0)] | None = None
     batch_size: Annotated[int, Field(ge=1)] | None = Field(
@@ -226,12 +258,27 @@ class Artifacts(KilnModel):
 
 
 class OptimizedModelSpec(KilnModel):
-    source: Source
-    inputs: Annotated[list[TensorSpec], Field(min_length=1)]
-    outputs: Annotated[list[str], Field(min_length=1)]
-    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = Field(
-        default_factory=lambda: [1]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    # precisions defaults to all three, int8 included.
+                    "rule": "has(self.calibration) || "
+                    "(has(self.precisions) && !('int8' in self.precisions))",
+                    "message": "calibration: required when precisions includes int8",
+                }
+            ]
+        }
     )
+
+    source: Source
+    inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=64)]
+    outputs: Annotated[
+        list[Annotated[str, Field(max_length=128)]], Field(min_length=1, max_length=64)
+    ]
+    batch_sizes: Annotated[
+        list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=32)
+    ] = Field(default_factory=lambda: [1])
     backends: Annotated[list[Backend], Field(min_length=1)] = Field(
         default_factory=lambda: list(Backend)
     )

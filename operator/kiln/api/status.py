@@ -137,5 +137,11 @@ class OptimizedModelStatus(KilnModel):
     onnx_artifact: str | None = None
     quantized_artifact: str | None = None
     summary: str | None = None
+    # Headline fields for `kubectl get` printer columns.
+    best: str | None = Field(
+        default=None, description="selected candidate@target with the best speedup"
+    )
+    best_speedup: str | None = Field(default=None, description="its speedup, e.g. 2.18x")
+    ready_targets: str | None = Field(default=None, description="targets with a selection / all")
     targets: list[TargetStatus] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
