@@ -7,6 +7,8 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -18,6 +20,7 @@ from kiln.api.errors import KilnInputError
 if TYPE_CHECKING:
     from kiln.api.spec import OptimizedModel
     from kiln.api.status import OptimizedModelStatus
+    from kiln.builder.context import BuildContext
     from kiln.builder.pipeline import Outcome
     from kiln.builder.progress import Reporter
 
@@ -116,27 +119,80 @@ def crds(
         typer.echo(f"wrote {output / name}")
 
 
-def _run(
+class Stage(StrEnum):
+    export = "export"
+    target = "target"
+
+
+@app.command()
+def build(
+    request: Annotated[Path, typer.Option(help="build request JSON written by the operator")],
+    stage: Annotated[Stage, typer.Option(help="export (once per model) or target")],
+    target: Annotated[
+        str | None, typer.Option(help="target to build: 'cpu' or a GPU type (stage target)")
+    ] = None,
+    termination_log: Annotated[
+        Path | None,
+        typer.Option(help="where to write the JSON summary [/dev/termination-log if present]"),
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="local folder for downloads")] = None,
+) -> None:
+    """Run one builder Job stage (what the operator's Jobs run). Writes artifacts and results
+    to object storage and a one-line JSON summary to the termination log. Exit codes as for
+    optimize."""
+    from kiln.builder.job import load_request, run_export, run_target, termination_text
+    from kiln.builder.progress import RichReporter
+
+    log = termination_log or Path("/dev/termination-log")
+    try:
+        req = load_request(request)
+        if stage is Stage.target and not target:
+            raise KilnInputError("--target", "required with --stage target")
+        with _context(
+            req.model, Path.cwd(), req.artifacts_uri, cache_dir, False, RichReporter()
+        ) as ctx:
+            outcome = (
+                run_export(ctx, req)
+                if stage is Stage.export
+                else run_target(ctx, req, target or "")
+            )
+    except KilnInputError as exc:
+        _write_termination(log, termination_text({"stage": stage.value, "error": str(exc)}))
+        _fail_input(exc)
+    text = termination_text(outcome.message)
+    _write_termination(log, text)
+    typer.echo(text)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _write_termination(path: Path, text: str) -> None:
+    # Outside a pod there is no termination log; the summary is printed on stdout anyway.
+    if path.parent.is_dir() and (path.exists() or path.parent != Path("/dev")):
+        path.write_text(text)
+
+
+@contextmanager
+def _context(
     model: OptimizedModel,
-    spec_path: Path,
+    base_dir: Path,
     artifacts: str | None,
     cache_dir: Path | None,
     force: bool,
     reporter: Reporter,
-) -> Outcome:
+) -> Iterator[BuildContext]:
+    """A build context with a throw-away work folder. Relative URIs resolve against
+    `base_dir` (the spec file's folder)."""
     # Imported here: torch/onnx load only for commands that need them.
     from kiln.builder.context import BuildContext
-    from kiln.builder.pipeline import optimize as run_pipeline
     from kiln.storage.artifacts import ArtifactStore
     from kiln.storage.objects import Storage, parse_uri
 
-    base_dir = spec_path.resolve().parent
     root_uri = artifacts or model.spec.artifacts.uri
     root = parse_uri(root_uri, base_dir) if root_uri else parse_uri(".kiln/artifacts")
     cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln"
     storage = Storage()
     with tempfile.TemporaryDirectory(prefix="kiln-") as work:
-        ctx = BuildContext(
+        yield BuildContext(
             model=model,
             base_dir=base_dir,
             storage=storage,
@@ -146,6 +202,20 @@ def _run(
             reporter=reporter,
             force=force,
         )
+
+
+def _run(
+    model: OptimizedModel,
+    spec_path: Path,
+    artifacts: str | None,
+    cache_dir: Path | None,
+    force: bool,
+    reporter: Reporter,
+) -> Outcome:
+    from kiln.builder.pipeline import optimize as run_pipeline
+
+    base_dir = spec_path.resolve().parent
+    with _context(model, base_dir, artifacts, cache_dir, force, reporter) as ctx:
         return run_pipeline(ctx)
 
 
