@@ -36,7 +36,8 @@ def test_export_then_targets(tiny: TinyExample, monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 0, result.output
     message = json.loads(log.read_text())
     assert message["stage"] == "export"
-    assert message["onnx"].endswith("/model.onnx") and message["qdq"].endswith("/model.onnx")
+    assert message["onnx"].endswith("/model.onnx")
+    assert message["qdq"].endswith("/model.onnx")
 
     result = build(
         "--request",
@@ -50,7 +51,8 @@ def test_export_then_targets(tiny: TinyExample, monkeypatch: pytest.MonkeyPatch)
     )
     assert result.exit_code == 0, result.output
     message = json.loads(log.read_text())
-    assert message["state"] == "OK" and message["target"] == "cpu"
+    assert message["state"] == "OK"
+    assert message["target"] == "cpu"
     stored = json.loads((tiny.artifacts / "req-cpu" / "result.json").read_text())
     assert stored["cacheKey"] == message["resultKey"]
     assert (tiny.artifacts / "req-cpu" / "manifest.json").exists()
