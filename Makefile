@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= builder,cpu,serve,dev
+EXTRAS ?= builder,cpu,serve,operator,dev
 
 .PHONY: setup demo test lint typecheck contracts unit clean
 

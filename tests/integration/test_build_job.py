@@ -32,16 +32,18 @@ def test_export_then_targets(tiny: TinyExample, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tiny.root)  # relative URIs resolve against the Job's working dir
     log = tiny.root / "termination-log"
     request = write_request(tiny, "req-cpu")
+    target_request = write_request(tiny, "req-cpu-target")
     result = build("--request", str(request), "--stage", "export", "--termination-log", str(log))
     assert result.exit_code == 0, result.output
     message = json.loads(log.read_text())
     assert message["stage"] == "export"
+    assert json.loads((tiny.artifacts / "req-cpu" / "export.json").read_text()) == message
     assert message["onnx"].endswith("/model.onnx")
     assert message["qdq"].endswith("/model.onnx")
 
     result = build(
         "--request",
-        str(request),
+        str(target_request),
         "--stage",
         "target",
         "--target",
@@ -53,9 +55,9 @@ def test_export_then_targets(tiny: TinyExample, monkeypatch: pytest.MonkeyPatch)
     message = json.loads(log.read_text())
     assert message["state"] == "OK"
     assert message["target"] == "cpu"
-    stored = json.loads((tiny.artifacts / "req-cpu" / "result.json").read_text())
+    stored = json.loads((tiny.artifacts / "req-cpu-target" / "result.json").read_text())
     assert stored["cacheKey"] == message["resultKey"]
-    assert (tiny.artifacts / "req-cpu" / "manifest.json").exists()
+    assert (tiny.artifacts / "req-cpu-target" / "manifest.json").exists()
 
     gpu = write_request(tiny, "req-l4")
     result = build(

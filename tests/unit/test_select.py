@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln.api.select import select
 from kiln.api.spec import Backend, Objective, Precision, Selection
 from kiln.api.status import AccuracyResult, CandidateStatus, Latency, State
-from kiln.builder.select import select
 
 
 def cand(

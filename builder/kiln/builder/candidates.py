@@ -7,9 +7,6 @@ from dataclasses import dataclass
 from kiln.api.spec import Backend, OptimizedModelSpec, Precision, SourceFormat
 from kiln.builder.environment import Capabilities, TargetPlan
 
-# Only these can be loaded by `kiln serve`; torch.compile is measured for comparison.
-SERVABLE = frozenset({Backend.ONNXRUNTIME, Backend.TENSORRT})
-
 
 @dataclass(frozen=True)
 class CandidatePlan:

@@ -60,9 +60,17 @@ class JobOutcome:
     exit_code: int
 
 
+EXPORT_FILE = "export.json"
+
+
 def run_export(ctx: BuildContext, request: BuildRequest) -> JobOutcome:
     prepared = prepare(ctx, want_fp16=request.fp16)
-    return JobOutcome(_export_message(prepared), 0)
+    message = _export_message(prepared)
+    # The request key's folder marks this export done for the operator.
+    ctx.artifacts.publish(
+        request.request_key, {}, {"stage": "export-request"}, documents={EXPORT_FILE: message}
+    )
+    return JobOutcome(message, 0)
 
 
 def _export_message(prepared: Prepared) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch
 
 from kiln.api.keys import cache_key
 from kiln.api.layout import MODEL_DOCUMENT, RESULT_FILE
+from kiln.api.select import select
 from kiln.api.spec import Backend, Precision
 from kiln.api.status import (
     BatchBenchmark,
@@ -30,7 +31,6 @@ from kiln.builder.context import BuildContext
 from kiln.builder.environment import Capabilities, TargetPlan, environment
 from kiln.builder.feeds import stack
 from kiln.builder.prepare import ModelArtifact, Prepared
-from kiln.builder.select import select
 from kiln.builder.verify import compare
 from kiln.runtime.base import Runner, infer
 from kiln.runtime.ort_runner import OrtRunner

@@ -251,10 +251,34 @@ class Benchmark(KilnModel):
         return self
 
 
+class RetentionPolicy(StrEnum):
+    RETAIN = "Retain"  # artifacts outlive the resource (they are content-addressed and shared)
+    DELETE = "Delete"  # the operator deletes this resource's request folders on deletion
+
+
 class Artifacts(KilnModel):
     uri: str | None = Field(
         default=None, description="where built artifacts go (file path, file:// or s3://)"
     )
+    credentials_secret: str | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally "
+        "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) for the builder Jobs and servers",
+    )
+    retention: RetentionPolicy = RetentionPolicy.RETAIN
+
+
+class Serving(KilnModel):
+    """The inference Deployment the operator rolls out per target with a selected engine."""
+
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    batch_window_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="container resources (requests/limits)"
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class OptimizedModelSpec(KilnModel):
@@ -291,6 +315,7 @@ class OptimizedModelSpec(KilnModel):
     selection: Selection = Field(default_factory=Selection)
     benchmark: Benchmark = Field(default_factory=Benchmark)
     artifacts: Artifacts = Field(default_factory=Artifacts)
+    serving: Serving = Field(default_factory=Serving)
     opset: Annotated[int, Field(ge=17, le=23)] = 18
 
     @field_validator("inputs")

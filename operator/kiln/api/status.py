@@ -114,6 +114,12 @@ class TargetStatus(KilnModel):
     cached: bool = Field(default=False, description="the whole result was reused from storage")
     result: str | None = Field(default=None, description="URI of result.json")
     environment: Environment | None = None
+    # Filled by the operator, not the builder.
+    stale: bool = Field(default=False, description="no node of this GPU type is left")
+    job: str | None = Field(default=None, description="the builder Job of this target")
+    deployment: str | None = None
+    ready_replicas: int | None = None
+    endpoint: str | None = Field(default=None, description="Open Inference Protocol base URL")
     candidates: list[CandidateStatus] = Field(default_factory=list)
 
     def candidate(self, name: str) -> CandidateStatus | None:

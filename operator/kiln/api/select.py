@@ -1,11 +1,14 @@
-"""Stage: pick the candidate to serve (pure). Only verified, servable candidates that beat the
+"""Pick the candidate to serve (pure), used by the builder and, on stored results, by the
+operator. Only verified, servable candidates that beat the
 minimum speedup over the baseline qualify; the objective decides among them."""
 
 from __future__ import annotations
 
-from kiln.api.spec import Objective, Selection
+from kiln.api.spec import Backend, Objective, Selection
 from kiln.api.status import CandidateStatus, State
-from kiln.builder.candidates import SERVABLE
+
+# Only these can be loaded by `kiln serve`; torch.compile is measured for comparison.
+SERVABLE = frozenset({Backend.ONNXRUNTIME, Backend.TENSORRT})
 
 
 def select(

@@ -1,0 +1,1 @@
+"""The Kiln operator: OptimizedModel -> builder Jobs per target -> Deployments -> status."""

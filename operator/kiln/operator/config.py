@@ -1,0 +1,24 @@
+"""Operator settings: flags of `kiln operator`, or KILN_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from kiln.operator.targets import DEFAULT_GPU_LABEL
+
+
+class OperatorConfig(BaseModel):
+    builder_image: str = "kiln-builder:0.1.0"
+    server_image: str = "kiln-builder:0.1.0"
+    namespace: str | None = Field(default=None, description="watch one namespace; None = all")
+    gpu_label: str = DEFAULT_GPU_LABEL
+    artifacts_uri: str | None = Field(
+        default=None, description="artifact store for specs that name none (s3://bucket/prefix)"
+    )
+    credentials_secret: str | None = None
+    backoff_limit: int = 2
+    job_deadline_seconds: int = 3600
+    job_ttl_seconds: int = 24 * 3600
+    requeue_seconds: float = 10.0
+    # Extra command prefix for builder/server containers, e.g. a wrapper in tests.
+    image_pull_policy: str = "IfNotPresent"

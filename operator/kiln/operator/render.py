@@ -1,0 +1,254 @@
+"""Children of an OptimizedModel as plain manifests (pure): the build request ConfigMap, the
+export and per-target builder Jobs, and the inference Deployment + Service per target."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kiln.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel
+from kiln.api.status import TargetStatus
+from kiln.operator import names
+from kiln.operator.config import OperatorConfig
+from kiln.operator.targets import TargetIntent
+
+REQUEST_DIR = "/etc/kiln/request"
+REQUEST_FILE = "request.json"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+Manifest = dict[str, Any]
+
+
+def owner_reference(model: OptimizedModel) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": model.metadata.name,
+        "uid": model.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(model: OptimizedModel, name: str, labels: dict[str, str], **annotations: str) -> Manifest:
+    meta: Manifest = {
+        "name": name,
+        "namespace": model.metadata.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(model)],
+    }
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def build_request(
+    model: OptimizedModel, artifacts_uri: str, request_key: str, fp16: bool
+) -> dict[str, Any]:
+    document = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": {"name": model.metadata.name, "namespace": model.metadata.namespace},
+        "spec": model.spec.to_wire(),
+    }
+    return {
+        "model": document,
+        "artifactsUri": artifacts_uri,
+        "requestKey": request_key,
+        "fp16": fp16,
+    }
+
+
+def request_configmap(model: OptimizedModel, request: dict[str, Any]) -> Manifest:
+    key = request["requestKey"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(
+            model,
+            names.request_configmap(model.metadata.name, key),
+            names.labels(model.metadata.name, "request"),
+            **{names.REQUEST_ANNOTATION: key},
+        ),
+        "data": {REQUEST_FILE: json.dumps(request, indent=2, sort_keys=True)},
+    }
+
+
+def _credentials(secret: str | None) -> list[dict[str, Any]]:
+    return [{"secretRef": {"name": secret}}] if secret else []
+
+
+def _placement(config: OperatorConfig, target: TargetIntent | None) -> tuple[Manifest, Manifest]:
+    """(pod-spec fields, container resources) pinning a pod to its GPU type."""
+    if target is None or target.device == "cpu":
+        return {}, {}
+    pod = {
+        "nodeSelector": {config.gpu_label: target.name},
+        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    return pod, {"limits": {GPU_RESOURCE: "1"}}
+
+
+_SECURITY = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def builder_job(
+    config: OperatorConfig,
+    model: OptimizedModel,
+    request: dict[str, Any],
+    stage: str,
+    target: TargetIntent | None,
+    secret: str | None,
+) -> Manifest:
+    key = request["requestKey"]
+    name = model.metadata.name
+    job_name = (
+        names.export_job(name, key) if target is None else names.build_job(name, target.name, key)
+    )
+    labels = {
+        **names.labels(name, "builder", target.name if target else None),
+        names.STAGE_LABEL: stage,
+    }
+    args = ["build", "--request", f"{REQUEST_DIR}/{REQUEST_FILE}", "--stage", stage]
+    if target is not None:
+        args += ["--target", target.name]
+    pod, resources = _placement(config, target)
+    container: Manifest = {
+        "name": "builder",
+        "image": config.builder_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["kiln"],
+        "args": args,
+        "envFrom": _credentials(secret),
+        "volumeMounts": [{"name": "request", "mountPath": REQUEST_DIR, "readOnly": True}],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _SECURITY,
+    }
+    if resources:
+        container["resources"] = resources
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(model, job_name, labels, **{names.REQUEST_ANNOTATION: key}),
+        "spec": {
+            "backoffLimit": config.backoff_limit,
+            "activeDeadlineSeconds": config.job_deadline_seconds,
+            "ttlSecondsAfterFinished": config.job_ttl_seconds,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": [
+                        {
+                            "name": "request",
+                            "configMap": {"name": names.request_configmap(name, key)},
+                        }
+                    ],
+                    **pod,
+                },
+            },
+        },
+    }
+
+
+def server_deployment(
+    config: OperatorConfig,
+    model: OptimizedModel,
+    target: TargetIntent,
+    result: TargetStatus,
+    secret: str | None,
+) -> Manifest:
+    """The Deployment serving `result.selected`. The engine's result key rides in a pod-template
+    annotation, so a new engine rolls the pods and an unchanged one leaves them alone."""
+    name = model.metadata.name
+    serving = model.spec.serving
+    deploy_name = names.server(name, target.name)
+    labels = {**names.labels(name, "server", target.name), **serving.labels}
+    selector = names.labels(name, "server", target.name)
+    pod, resources = _placement(config, target)
+    result_key = result.cache_key or ""
+    args = [
+        "serve",
+        "--result",
+        result.result or "",
+        "--cache-key",
+        result_key,
+        "--target",
+        target.name,
+        "--name",
+        name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(serving.port),
+        "--batch-window-ms",
+        f"{serving.batch_window_ms:g}",
+    ]
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5}
+    container: Manifest = {
+        "name": "server",
+        "image": config.server_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["kiln"],
+        "args": args,
+        "envFrom": _credentials(secret),
+        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}},
+        "startupProbe": {**probe, "failureThreshold": 60},
+        "securityContext": _SECURITY,
+    }
+    merged = _merge_resources(serving.resources, resources)
+    if merged:
+        container["resources"] = merged
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(model, deploy_name, labels, **serving.annotations),
+        "spec": {
+            "replicas": 0 if target.stale else serving.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {**serving.annotations, names.ENGINE_ANNOTATION: result_key},
+                },
+                "spec": {"containers": [container], **pod},
+            },
+        },
+    }
+
+
+def server_service(model: OptimizedModel, target: TargetIntent) -> Manifest:
+    name = model.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(
+            model, names.server(name, target.name), names.labels(name, "server", target.name)
+        ),
+        "spec": {
+            "selector": names.labels(name, "server", target.name),
+            "ports": [{"name": "http", "port": model.spec.serving.port, "targetPort": "http"}],
+        },
+    }
+
+
+def endpoint(model: OptimizedModel, target: TargetIntent) -> str:
+    svc = names.server(model.metadata.name, target.name)
+    port = model.spec.serving.port
+    return f"http://{svc}.{model.metadata.namespace}.svc:{port}/v2/models/{model.metadata.name}"
+
+
+def _merge_resources(user: dict[str, dict[str, str]], required: Manifest) -> Manifest:
+    out: Manifest = {k: dict(v) for k, v in user.items()}
+    for kind, values in required.items():
+        out.setdefault(kind, {}).update(values)
+    return out
