@@ -119,6 +119,71 @@ def crds(
         typer.echo(f"wrote {output / name}")
 
 
+@app.command("operator")
+def run_operator(
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubeconfig file [in-cluster config, then $KUBECONFIG]")
+    ] = None,
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="watch these namespaces only")
+    ] = None,
+    builder_image: Annotated[
+        str, typer.Option(help="image of builder Jobs")
+    ] = "kiln-builder:0.1.0",
+    server_image: Annotated[
+        str, typer.Option(help="image of inference servers")
+    ] = "kiln-builder:0.1.0",
+    artifacts_uri: Annotated[
+        str | None, typer.Option(help="artifact store for specs without spec.artifacts.uri")
+    ] = None,
+    credentials_secret: Annotated[
+        str | None, typer.Option(help="Secret with S3 credentials for Jobs and servers")
+    ] = None,
+    gpu_label: Annotated[str, typer.Option(help="node label naming the GPU type")] = (
+        "nvidia.com/gpu.product"
+    ),
+    liveness: Annotated[
+        str, typer.Option(help="liveness endpoint URL")
+    ] = "http://0.0.0.0:8081/healthz",
+    log_json: Annotated[bool, typer.Option("--log-json", help="structured JSON logs")] = False,
+) -> None:
+    """Run the operator (Kopf): OptimizedModel -> builder Jobs per GPU type -> Deployments ->
+    measured status. Cluster-wide unless --namespace is given."""
+    import kopf
+    from kubernetes import config as kube_config
+
+    from kiln.operator import handlers
+    from kiln.operator.apply import Clients
+    from kiln.operator.config import OperatorConfig
+
+    if kubeconfig is not None:
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        kube_config.load_kube_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    else:
+        try:
+            kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except kube_config.ConfigException:
+            kube_config.load_kube_config()  # type: ignore[no-untyped-call]
+    handlers.Runtime.config = OperatorConfig(
+        builder_image=builder_image,
+        server_image=server_image,
+        namespace=",".join(namespace) if namespace else None,
+        gpu_label=gpu_label,
+        artifacts_uri=artifacts_uri,
+        credentials_secret=credentials_secret,
+    )
+    handlers.Runtime.clients = Clients.create()
+    kopf.configure(
+        verbose=False, log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.PLAIN
+    )
+    kopf.run(
+        clusterwide=not namespace,
+        namespaces=namespace or (),
+        liveness_endpoint=liveness,
+        standalone=True,
+    )
+
+
 class Stage(StrEnum):
     export = "export"
     target = "target"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from kiln.api.errors import KilnInputError
+from kiln.api.errors import KilnInputError, StorageUnavailableError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -92,13 +92,15 @@ class Storage:
     def _s3_error(self, loc: Location, exc: Exception) -> KilnInputError:
         from botocore.exceptions import (
             ClientError,
+            ConnectionError,
             EndpointConnectionError,
             NoCredentialsError,
+            ReadTimeoutError,
         )
 
-        if isinstance(exc, EndpointConnectionError):
+        if isinstance(exc, EndpointConnectionError | ConnectionError | ReadTimeoutError):
             where = s3_endpoint() or "the default AWS endpoint"
-            return KilnInputError(
+            return StorageUnavailableError(
                 loc.uri, f"cannot reach the S3 endpoint {where} (AWS_ENDPOINT_URL): {exc}"
             )
         if isinstance(exc, NoCredentialsError):
@@ -140,6 +142,13 @@ class Storage:
         except Exception as exc:
             raise self._s3_error(loc, exc) from None
         return True
+
+    def head(self, loc: Location) -> dict[str, Any]:
+        """Object metadata (ContentLength, ETag) without its content."""
+        result: dict[str, Any] = self._s3_call(
+            loc, self._client().head_object, Bucket=loc.bucket, Key=loc.key
+        )
+        return result
 
     def read_bytes(self, loc: Location) -> bytes:
         if loc.scheme == "file":

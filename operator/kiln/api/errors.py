@@ -14,3 +14,8 @@ class KilnInputError(Exception):
         super().__init__(f"{where}: {message}")
         self.where = where
         self.message = message
+
+
+class StorageUnavailableError(KilnInputError):
+    """Object storage could not be reached. A user-facing error for a one-shot command, but a
+    transient one for the operator, which retries instead of failing the resource."""

@@ -1,0 +1,67 @@
+"""observe -> plan -> apply: the writes. Server-side apply of every desired child under one
+field manager (idempotent: applying the same manifest twice changes nothing), a scale-to-zero
+for stale targets, and the status only when it changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.operator.observe import TIMEOUT
+from kiln.operator.plan import Manifest, Plan
+
+FIELD_MANAGER = "kiln-operator"
+_APPLY = "application/apply-patch+yaml"
+
+
+@dataclass(frozen=True)
+class Clients:
+    core: Any
+    batch: Any
+    apps: Any
+    custom: Any
+
+    @staticmethod
+    def create(api_client: Any = None) -> Clients:
+        from kubernetes import client
+
+        return Clients(
+            core=client.CoreV1Api(api_client),
+            batch=client.BatchV1Api(api_client),
+            apps=client.AppsV1Api(api_client),
+            custom=client.CustomObjectsApi(api_client),
+        )
+
+
+def apply_manifest(clients: Clients, manifest: Manifest) -> None:
+    kind = manifest["kind"]
+    name = manifest["metadata"]["name"]
+    namespace = manifest["metadata"]["namespace"]
+    method = {
+        "ConfigMap": clients.core.patch_namespaced_config_map,
+        "Service": clients.core.patch_namespaced_service,
+        "Job": clients.batch.patch_namespaced_job,
+        "Deployment": clients.apps.patch_namespaced_deployment,
+    }[kind]
+    method(
+        name,
+        namespace,
+        manifest,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type=_APPLY,
+        _request_timeout=TIMEOUT,
+    )
+
+
+def apply_plan(clients: Clients, namespace: str, plan: Plan) -> None:
+    for manifest in plan.apply:
+        apply_manifest(clients, manifest)
+    for name in plan.scale_to_zero:
+        clients.apps.patch_namespaced_deployment_scale(
+            name, namespace, {"spec": {"replicas": 0}}, _request_timeout=TIMEOUT
+        )
+
+
+def status_changed(current: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    return (current or {}) != desired
