@@ -128,20 +128,26 @@ def run_operator(
         list[str] | None, typer.Option("--namespace", "-n", help="watch these namespaces only")
     ] = None,
     builder_image: Annotated[
-        str, typer.Option(help="image of builder Jobs")
+        str, typer.Option(envvar="KILN_BUILDER_IMAGE", help="image of builder Jobs")
     ] = "kiln-builder:0.1.0",
     server_image: Annotated[
-        str, typer.Option(help="image of inference servers")
+        str, typer.Option(envvar="KILN_SERVER_IMAGE", help="image of inference servers")
     ] = "kiln-builder:0.1.0",
     artifacts_uri: Annotated[
-        str | None, typer.Option(help="artifact store for specs without spec.artifacts.uri")
+        str | None,
+        typer.Option(
+            envvar="KILN_ARTIFACTS_URI", help="artifact store for specs without spec.artifacts.uri"
+        ),
     ] = None,
     credentials_secret: Annotated[
-        str | None, typer.Option(help="Secret with S3 credentials for Jobs and servers")
+        str | None,
+        typer.Option(
+            envvar="KILN_CREDENTIALS_SECRET", help="Secret with S3 credentials for Jobs and servers"
+        ),
     ] = None,
-    gpu_label: Annotated[str, typer.Option(help="node label naming the GPU type")] = (
-        "nvidia.com/gpu.product"
-    ),
+    gpu_label: Annotated[
+        str, typer.Option(envvar="KILN_GPU_LABEL", help="node label naming the GPU type")
+    ] = ("nvidia.com/gpu.product"),
     liveness: Annotated[
         str, typer.Option(help="liveness endpoint URL")
     ] = "http://0.0.0.0:8081/healthz",
