@@ -49,35 +49,29 @@ def export_onnx(module: Any, spec: OptimizedModelSpec, out: Path) -> None:
     feeds = random_feeds(spec.inputs, batch, seed=1)
     args = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
     names = [t.name for t in spec.inputs]
-    log = io.StringIO()
+    common: dict[str, Any] = {
+        "input_names": names,
+        "output_names": spec.outputs,
+        "opset_version": spec.opset,
+    }
     try:
-        with contextlib.redirect_stdout(log):
+        # The exporter narrates its steps on stdout; keep the CLI's output to our own table.
+        with contextlib.redirect_stdout(io.StringIO()):
             if _legacy(spec):
-                torch.onnx.export(
-                    module,
-                    args,
-                    str(out),
-                    input_names=names,
-                    output_names=spec.outputs,
-                    dynamic_axes={t.name: {0: "batch"} for t in spec.inputs if t.dynamic_batch}
-                    | {o: {0: "batch"} for o in spec.outputs},
-                    opset_version=spec.opset,
-                    dynamo=False,
-                )
+                axes = {t.name: {0: "batch"} for t in spec.inputs if t.dynamic_batch}
+                axes |= {o: {0: "batch"} for o in spec.outputs}
+                torch.onnx.export(module, args, str(out), dynamic_axes=axes, dynamo=False, **common)
             else:
                 dim = torch.export.Dim("batch", min=1, max=4096)
+                shapes = {t.name: ({0: dim} if t.dynamic_batch else {}) for t in spec.inputs}
                 torch.onnx.export(
                     module,
                     args,
                     str(out),
-                    input_names=names,
-                    output_names=spec.outputs,
-                    dynamic_shapes={
-                        t.name: ({0: dim} if t.dynamic_batch else {}) for t in spec.inputs
-                    },
-                    opset_version=spec.opset,
+                    dynamic_shapes=shapes,
                     dynamo=True,
                     external_data=False,
+                    **common,
                 )
     except Exception as exc:
         raise KilnInputError(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +61,21 @@ def parse_uri(uri: str, base_dir: Path | None = None) -> Location:
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
     return Location("file", "", str(path.resolve()))
+
+
+@contextmanager
+def _atomic(dest: Path) -> Iterator[Path]:
+    """A temporary file next to `dest`, renamed over it only on success: a reader never sees
+    half a file, and a failed write leaves nothing behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def s3_endpoint() -> str | None:
@@ -164,12 +181,8 @@ class Storage:
 
     def write_bytes(self, loc: Location, data: bytes) -> None:
         if loc.scheme == "file":
-            path = Path(loc.key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            Path(tmp).replace(path)
+            with _atomic(Path(loc.key)) as tmp:
+                tmp.write_bytes(data)
             return
         self._s3_call(loc, self._client().put_object, Bucket=loc.bucket, Key=loc.key, Body=data)
 
@@ -201,26 +214,16 @@ class Storage:
                 raise KilnInputError(loc.key, "no such file")
             return path
         dest = cache_dir / loc.bucket / loc.key
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-        os.close(fd)
-        try:
+        with _atomic(dest) as tmp:
             self._s3_call(
-                loc, self._client().download_file, Bucket=loc.bucket, Key=loc.key, Filename=tmp
+                loc, self._client().download_file, Bucket=loc.bucket, Key=loc.key, Filename=str(tmp)
             )
-            Path(tmp).replace(dest)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return dest
 
     def store(self, src: Path, loc: Location) -> None:
         if loc.scheme == "file":
-            dest = Path(loc.key)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-            os.close(fd)
-            shutil.copyfile(src, tmp)
-            Path(tmp).replace(dest)
+            with _atomic(Path(loc.key)) as tmp:
+                shutil.copyfile(src, tmp)
             return
         self._s3_call(
             loc, self._client().upload_file, Filename=str(src), Bucket=loc.bucket, Key=loc.key
