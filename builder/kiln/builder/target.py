@@ -96,7 +96,7 @@ def build_target(
     result_uri = ctx.artifacts.location(key, RESULT_FILE).uri
 
     if target.skip:
-        status = TargetStatus(
+        return TargetStatus(
             name=target.name,
             device=target.device,
             state=State.SKIPPED,
@@ -105,7 +105,6 @@ def build_target(
             environment=env,
             candidates=[_skipped(p, target.skip, keys[p.name]) for p in plans],
         )
-        return _with_selection(status, ctx)
 
     if not ctx.force and ctx.artifacts.manifest(key) is not None:
         ctx.reporter.log(
