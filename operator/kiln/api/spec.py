@@ -251,12 +251,10 @@ class Benchmark(KilnModel):
         return self
 
 
-class RetentionPolicy(StrEnum):
-    RETAIN = "Retain"  # artifacts outlive the resource (they are content-addressed and shared)
-    DELETE = "Delete"  # the operator deletes this resource's request folders on deletion
-
-
 class Artifacts(KilnModel):
+    """Artifacts are content-addressed and may be shared by several resources, so they outlive
+    the resource that built them (deleting one removes only its Kubernetes children)."""
+
     uri: str | None = Field(
         default=None, description="where built artifacts go (file path, file:// or s3://)"
     )
@@ -265,7 +263,6 @@ class Artifacts(KilnModel):
         description="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally "
         "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) for the builder Jobs and servers",
     )
-    retention: RetentionPolicy = RetentionPolicy.RETAIN
 
 
 class Serving(KilnModel):
