@@ -5,7 +5,8 @@ from typing import Any
 from kiln.api.load import parse_document
 from kiln.api.spec import OptimizedModelSpec, Targets
 from kiln.builder.candidates import plan_candidates
-from kiln.builder.environment import Capabilities, TargetPlan, gpu_product_label, plan_targets
+from kiln.builder.environment import Capabilities, TargetPlan, plan_targets
+from kiln.runtime.devices import gpu_product_label
 
 NO_GPU = Capabilities(
     cuda_device=None,

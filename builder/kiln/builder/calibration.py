@@ -13,8 +13,8 @@ import numpy as np
 from kiln.api.errors import KilnInputError
 from kiln.api.spec import OptimizedModelSpec
 from kiln.builder.context import BuildContext, named
-from kiln.builder.feeds import NUMPY_DTYPES
 from kiln.runtime.base import Feeds
+from kiln.runtime.dtypes import NUMPY_DTYPES
 from kiln.storage.artifacts import file_digest
 
 

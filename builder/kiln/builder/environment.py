@@ -11,12 +11,7 @@ from pathlib import Path
 from kiln.api.keys import BUILDER_VERSION
 from kiln.api.spec import Targets
 from kiln.api.status import Environment
-
-
-def gpu_product_label(device_name: str) -> str:
-    """`NVIDIA H100 80GB HBM3` -> `NVIDIA-H100-80GB-HBM3`, as NVIDIA's GPU feature discovery
-    writes it into the `nvidia.com/gpu.product` node label."""
-    return "-".join(device_name.split())
+from kiln.runtime.devices import local_gpu
 
 
 def _version(package: str) -> str | None:
@@ -40,13 +35,9 @@ class Capabilities:
     @staticmethod
     def detect() -> Capabilities:
         import onnxruntime
-        import torch
 
-        if torch.cuda.is_available():
-            device = gpu_product_label(torch.cuda.get_device_name(0))
-            reason = ""
-        else:
-            device, reason = None, "no CUDA device (torch.cuda.is_available() is False)"
+        device = local_gpu()
+        reason = "" if device else "no CUDA device (torch.cuda.is_available() is False)"
         try:
             import tensorrt
 

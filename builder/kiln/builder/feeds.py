@@ -6,15 +6,7 @@ import numpy as np
 
 from kiln.api.spec import DType, TensorSpec
 from kiln.runtime.base import Feeds
-
-NUMPY_DTYPES: dict[DType, type[np.generic]] = {
-    DType.FLOAT32: np.float32,
-    DType.FLOAT16: np.float16,
-    DType.INT64: np.int64,
-    DType.INT32: np.int32,
-    DType.UINT8: np.uint8,
-    DType.BOOL: np.bool_,
-}
+from kiln.runtime.dtypes import NUMPY_DTYPES
 
 
 def random_feeds(inputs: list[TensorSpec], batch: int, seed: int) -> Feeds:

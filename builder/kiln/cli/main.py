@@ -190,6 +190,92 @@ def run_operator(
     )
 
 
+@app.command()
+def serve(
+    from_dir: Annotated[
+        Path | None, typer.Option("--from", help="a `kiln optimize --output DIR` folder")
+    ] = None,
+    result: Annotated[
+        str | None, typer.Option(help="URI of a target's result.json in object storage")
+    ] = None,
+    cache_key: Annotated[
+        str | None, typer.Option(help="the result key the server must find (with --result)")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="target to serve [this machine's GPU type, else cpu]")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="model name in the protocol [metadata.name]")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    batch_window_ms: Annotated[
+        float, typer.Option(help="how long to gather requests into one batch")
+    ] = 2.0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
+    max_body_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 64.0,
+    cache_dir: Annotated[Path | None, typer.Option(help="local folder for downloads")] = None,
+) -> None:
+    """Serve the selected, verified engine over the Open Inference Protocol (KServe v2 REST).
+
+    Refuses to start (exit 2) on a target without a selected candidate, a candidate whose
+    recorded accuracy gate did not pass, an artifact that fails its digest check, or a GPU
+    type other than this machine's. Listens only after a warm-up inference."""
+    import numpy as np
+    import uvicorn
+
+    from kiln.runtime.base import infer
+    from kiln.runtime.devices import local_gpu
+    from kiln.runtime.dtypes import NUMPY_DTYPES
+    from kiln.serve.app import ModelInfo, create_app
+    from kiln.serve.loading import (
+        check_servable,
+        fetch_artifact,
+        from_output_dir,
+        from_result,
+        open_runner,
+        pick_target,
+    )
+    from kiln.storage.objects import Storage
+
+    storage = Storage()
+    cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln"
+    try:
+        if (from_dir is None) == (result is None):
+            raise KilnInputError("--from/--result", "give exactly one of them")
+        model, targets = (
+            from_output_dir(from_dir) if from_dir else from_result(storage, result or "", cache_key)
+        )
+        gpu = local_gpu()
+        served = check_servable(model, pick_target(targets, target, gpu), gpu)
+        artifact = fetch_artifact(storage, served.candidate.artifact or "", cache / "objects")
+    except KilnInputError as exc:
+        _fail_input(exc)
+    runner = open_runner(served, artifact, threads)
+    spec = model.spec
+    warmup = {
+        t.name: np.zeros(t.concrete_shape(1), dtype=NUMPY_DTYPES[t.dtype]) for t in spec.inputs
+    }
+    infer(runner, warmup)
+    info = ModelInfo(
+        name=name or model.metadata.name,
+        version=served.target.cache_key or "local",
+        platform=served.candidate.name,
+        inputs=spec.inputs,
+        outputs=spec.outputs,
+        max_batch=max(spec.batch_sizes),
+    )
+    app_ = create_app(
+        info, lambda feeds: infer(runner, feeds), batch_window_ms, int(max_body_mb * (1 << 20))
+    )
+    typer.echo(
+        f"serving {served.candidate.name} of target {served.target.name} as {info.name!r} "
+        f"on http://{host}:{port}/v2/models/{info.name}",
+        err=True,
+    )
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 class Stage(StrEnum):
     export = "export"
     target = "target"

@@ -1,0 +1,151 @@
+"""The HTTP face of `kiln serve`: Open Inference Protocol (KServe v2) REST on FastAPI, plus
+Prometheus metrics. Endpoints only translate; batching and checks live in their own modules."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from kiln.api.spec import TensorSpec
+from kiln.serve.batching import Batcher, Infer
+from kiln.serve.metrics import Metrics
+from kiln.serve.protocol import (
+    BadRequestError,
+    InferRequest,
+    InferResponse,
+    decode,
+    encode,
+    tensor_metadata,
+)
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    version: str  # the engine's result key: what exactly is being served
+    platform: str  # e.g. onnxruntime-cpu-fp32
+    inputs: list[TensorSpec]
+    outputs: list[str]
+    max_batch: int
+
+
+def create_app(
+    info: ModelInfo, infer: Infer, window_ms: float, max_body_bytes: int = 64 << 20
+) -> FastAPI:
+    metrics = Metrics()
+    batcher = Batcher(infer, info.max_batch, window_ms / 1000.0)
+    batcher.on_batch = metrics.batch_size.observe
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title=f"kiln serve: {info.name}", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+
+    def error(status: int, message: str, kind: str) -> JSONResponse:
+        metrics.requests.labels(code=str(status)).inc()
+        metrics.errors.labels(kind=kind).inc()
+        return JSONResponse({"error": message}, status_code=status)
+
+    def unknown(name: str) -> JSONResponse | None:
+        if name != info.name:
+            return JSONResponse(
+                {"error": f"unknown model {name!r}; this server serves {info.name!r}"}, 404
+            )
+        return None
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, bool]:
+        # The server only listens once the engine has run its warm-up inference.
+        return {"ready": True}
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "kiln", "version": "0.1.0", "extensions": []}
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str) -> Any:
+        if (missing := unknown(name)) is not None:
+            return missing
+        return {
+            "name": info.name,
+            "versions": [info.version],
+            "platform": info.platform,
+            "inputs": [tensor_metadata(t) for t in info.inputs],
+            "outputs": [{"name": o, "datatype": "FP32", "shape": [-1]} for o in info.outputs],
+        }
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str) -> Any:
+        if (missing := unknown(name)) is not None:
+            return missing
+        return {"name": info.name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer_endpoint(name: str, request: Request) -> Any:
+        started = time.perf_counter()
+        if (missing := unknown(name)) is not None:
+            return missing
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > max_body_bytes:
+            return error(
+                413, f"request body of {declared} bytes exceeds {max_body_bytes}", "too_large"
+            )
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            return error(413, f"request body exceeds {max_body_bytes} bytes", "too_large")
+        try:
+            parsed = InferRequest.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return error(400, f"malformed request: {where}: {first['msg']}", "malformed")
+        try:
+            feeds = decode(parsed, info.inputs, info.max_batch)
+        except BadRequestError as exc:
+            return error(400, str(exc), "bad_input")
+        wanted = [o.name for o in parsed.outputs] if parsed.outputs else info.outputs
+        missing_out = sorted(set(wanted) - set(info.outputs))
+        if missing_out:
+            return error(
+                400, f"unknown output(s) {missing_out}; this model has {info.outputs}", "bad_output"
+            )
+        metrics.queue_depth.inc()
+        try:
+            outputs = await batcher.submit(feeds)
+        except Exception as exc:  # the runtime failed: a server error, the server stays up
+            return error(500, f"inference failed: {type(exc).__name__}: {exc}", "runtime")
+        finally:
+            metrics.queue_depth.dec()
+        by_name = dict(zip(info.outputs, outputs, strict=True))
+        response = InferResponse(
+            model_name=info.name,
+            model_version=info.version,
+            id=parsed.id,
+            outputs=[encode(n, by_name[n]) for n in wanted],
+        )
+        metrics.requests.labels(code="200").inc()
+        metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,120 @@
+"""What `kiln serve` serves, and whether it may: pure checks on the recorded result, then the
+artifact fetched from storage with its manifest digest verified. A server refuses to start on
+anything that is not a selected, verified candidate built for this machine's device type."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.api.errors import KilnInputError
+from kiln.api.layout import MODEL_DOCUMENT, RESULT_FILE, STATUS_FILE
+from kiln.api.load import parse_document
+from kiln.api.select import SERVABLE
+from kiln.api.spec import Backend, OptimizedModel
+from kiln.api.status import CandidateStatus, OptimizedModelStatus, State, TargetStatus
+from kiln.storage.artifacts import ArtifactStore
+from kiln.storage.objects import Storage, parse_uri
+
+
+@dataclass(frozen=True)
+class Served:
+    model: OptimizedModel
+    target: TargetStatus
+    candidate: CandidateStatus
+
+
+def pick_target(targets: list[TargetStatus], wanted: str | None, gpu: str | None) -> TargetStatus:
+    """The named target, else the one for this machine's GPU, else the CPU target."""
+    names = [t.name for t in targets]
+    if wanted is not None:
+        found = next((t for t in targets if t.name == wanted), None)
+        if found is None:
+            raise KilnInputError("--target", f"no target {wanted!r} in the result; it has {names}")
+        return found
+    for name in (gpu, "cpu"):
+        found = next((t for t in targets if t.name == name), None)
+        if found is not None:
+            return found
+    raise KilnInputError(
+        "--target", f"no target for this machine ({gpu or 'cpu'}); the result has {names}"
+    )
+
+
+def check_servable(model: OptimizedModel, target: TargetStatus, gpu: str | None) -> Served:
+    where = f"target {target.name}"
+    if target.state is not State.OK:
+        raise KilnInputError(where, f"was not built ({target.state.value}: {target.reason})")
+    if target.selected is None:
+        raise KilnInputError(where, f"has no selected candidate: {target.selection_reason}")
+    candidate = target.candidate(target.selected)
+    if candidate is None or candidate.state is not State.OK:
+        raise KilnInputError(where, f"selected candidate {target.selected!r} is not built")
+    if candidate.accuracy is None or not candidate.accuracy.passed:
+        raise KilnInputError(
+            f"{where}/{candidate.name}",
+            "refusing to serve: its recorded accuracy gate did not pass",
+        )
+    if candidate.backend not in SERVABLE or candidate.artifact is None:
+        raise KilnInputError(f"{where}/{candidate.name}", "has no servable artifact")
+    if target.device == "cuda" and target.name != gpu:
+        raise KilnInputError(
+            f"{where}/{candidate.name}",
+            f"built for GPU type {target.name}, but this machine has {gpu or 'no GPU'}",
+        )
+    return Served(model, target, candidate)
+
+
+def from_output_dir(folder: Path) -> tuple[OptimizedModel, list[TargetStatus]]:
+    """A `kiln optimize --output DIR` folder."""
+    try:
+        model_doc = json.loads((folder / MODEL_DOCUMENT).read_text())
+        status = OptimizedModelStatus.model_validate_json((folder / STATUS_FILE).read_text())
+    except OSError as exc:
+        raise KilnInputError(str(folder), f"not a kiln optimize output folder: {exc}") from None
+    return parse_document(model_doc, str(folder / MODEL_DOCUMENT)), status.targets
+
+
+def from_result(
+    storage: Storage, uri: str, cache_key: str | None
+) -> tuple[OptimizedModel, list[TargetStatus]]:
+    """A result folder in object storage (what the operator hands a server pod): its key must be
+    the one the operator decided on, and it must be complete (manifest present)."""
+    loc = parse_uri(uri)
+    folder = loc.key.rstrip("/").rsplit("/", 1)[0] if loc.key.endswith(RESULT_FILE) else loc.key
+    root_key, _, key = folder.rstrip("/").rpartition("/")
+    if cache_key is not None and key != cache_key:
+        raise KilnInputError(
+            "--result", f"folder key {key!r} is not the expected --cache-key {cache_key!r}"
+        )
+    store = ArtifactStore(storage, type(loc)(loc.scheme, loc.bucket, root_key), Path("/tmp"))
+    if store.manifest(key) is None:
+        raise KilnInputError("--result", f"{uri} is not a complete result (no manifest)")
+    target = TargetStatus.model_validate(store.read_json(key, RESULT_FILE))
+    model = parse_document(store.read_json(key, MODEL_DOCUMENT), f"{uri} {MODEL_DOCUMENT}")
+    return model, [target]
+
+
+def fetch_artifact(storage: Storage, uri: str, cache_dir: Path) -> Path:
+    """A local copy of a candidate's artifact, verified against its folder's manifest."""
+    loc = parse_uri(uri)
+    folder, _, name = loc.key.rpartition("/")
+    root, _, key = folder.rpartition("/")
+    store = ArtifactStore(storage, type(loc)(loc.scheme, loc.bucket, root), cache_dir)
+    if store.manifest(key) is None:
+        raise KilnInputError(uri, "artifact is not marked built (no manifest)")
+    return store.fetch(key, name)
+
+
+def open_runner(served: Served, artifact: Path, threads: int | None) -> Any:
+    outputs = served.model.spec.outputs
+    device = "cuda:0" if served.target.device == "cuda" else "cpu"
+    if served.candidate.backend is Backend.TENSORRT:
+        from kiln.runtime.trt_runner import TrtRunner
+
+        return TrtRunner(served.candidate.name, artifact, outputs, device)
+    from kiln.runtime.ort_runner import OrtRunner
+
+    return OrtRunner(served.candidate.name, artifact, outputs, device, threads)

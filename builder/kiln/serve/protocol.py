@@ -1,0 +1,141 @@
+"""Open Inference Protocol (KServe v2) REST messages and tensor decoding (pure).
+
+Requests are checked against the model's declared inputs before anything runs, and every
+mismatch becomes a 4xx that says what was expected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from kiln.api.spec import DType, TensorSpec
+from kiln.runtime.base import Array, Feeds
+
+# Open Inference Protocol datatype names <-> spec dtypes and numpy types.
+DATATYPES: dict[DType, str] = {
+    DType.FLOAT32: "FP32",
+    DType.FLOAT16: "FP16",
+    DType.INT64: "INT64",
+    DType.INT32: "INT32",
+    DType.UINT8: "UINT8",
+    DType.BOOL: "BOOL",
+}
+_NUMPY = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+class BadRequestError(ValueError):
+    """A client error: answered with 400 and this message."""
+
+
+class RequestTensor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestTensor] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class ResponseTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[ResponseTensor]
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    # Clients may send nested row-major lists or a flat list; both mean the same tensor.
+    if data and isinstance(data[0], list):
+        return [v for row in data for v in _flatten(row)]
+    return data
+
+
+def decode(request: InferRequest, inputs: list[TensorSpec], max_batch: int | None) -> Feeds:
+    """Feeds for the runner, or BadRequestError naming the input and what was expected."""
+    given = {t.name: t for t in request.inputs}
+    expected = [t.name for t in inputs]
+    unknown = sorted(set(given) - set(expected))
+    if unknown:
+        raise BadRequestError(f"unknown input(s) {unknown}; this model takes {expected}")
+    feeds: Feeds = {}
+    batch: int | None = None
+    for spec in inputs:
+        tensor = given.get(spec.name)
+        if tensor is None:
+            raise BadRequestError(f"missing input {spec.name!r}; this model takes {expected}")
+        want_type = DATATYPES[spec.dtype]
+        if tensor.datatype != want_type:
+            raise BadRequestError(
+                f"input {spec.name!r}: datatype {tensor.datatype}, expected {want_type}"
+            )
+        shape = tensor.shape
+        wanted = ["N" if d == -1 else d for d in spec.shape]
+        if (
+            len(shape) != len(spec.shape)
+            or any(d != w for d, w in zip(shape, spec.shape, strict=True) if w != -1)
+            or shape[0] < 1
+        ):
+            raise BadRequestError(f"input {spec.name!r}: shape {shape}, expected {wanted}")
+        if batch is not None and shape[0] != batch:
+            raise BadRequestError(
+                f"input {spec.name!r}: batch {shape[0]} differs from the other inputs' {batch}"
+            )
+        batch = shape[0]
+        flat = _flatten(tensor.data)
+        count = int(np.prod(shape))
+        if len(flat) != count:
+            raise BadRequestError(
+                f"input {spec.name!r}: {len(flat)} values for shape {shape} ({count} expected)"
+            )
+        try:
+            feeds[spec.name] = np.asarray(flat, dtype=_NUMPY[want_type]).reshape(shape)
+        except (TypeError, ValueError) as exc:
+            raise BadRequestError(f"input {spec.name!r}: data is not {want_type}: {exc}") from None
+    if max_batch is not None and batch is not None and batch > max_batch:
+        raise BadRequestError(
+            f"batch {batch} exceeds the largest batch size this engine was built for ({max_batch})"
+        )
+    return feeds
+
+
+def encode(name: str, array: Array) -> ResponseTensor:
+    datatype = {np.dtype(v): k for k, v in _NUMPY.items()}.get(array.dtype, "FP32")
+    values: list[Any] = array.astype(_NUMPY[datatype]).reshape(-1).tolist()
+    return ResponseTensor(name=name, shape=list(array.shape), datatype=datatype, data=values)
+
+
+def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": DATATYPES[spec.dtype], "shape": spec.shape}
