@@ -16,7 +16,7 @@ from kiln.api.select import SERVABLE
 from kiln.api.spec import Backend, OptimizedModel
 from kiln.api.status import CandidateStatus, OptimizedModelStatus, State, TargetStatus
 from kiln.storage.artifacts import ArtifactStore
-from kiln.storage.objects import Storage, parse_uri
+from kiln.storage.objects import Location, Storage, parse_uri
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def from_result(
         raise KilnInputError(
             "--result", f"folder key {key!r} is not the expected --cache-key {cache_key!r}"
         )
-    store = ArtifactStore(storage, type(loc)(loc.scheme, loc.bucket, root_key), Path("/tmp"))
+    store = ArtifactStore(storage, Location(loc.scheme, loc.bucket, root_key), Path("/tmp"))
     if store.manifest(key) is None:
         raise KilnInputError("--result", f"{uri} is not a complete result (no manifest)")
     target = TargetStatus.model_validate(store.read_json(key, RESULT_FILE))
@@ -102,10 +102,13 @@ def fetch_artifact(storage: Storage, uri: str, cache_dir: Path) -> Path:
     loc = parse_uri(uri)
     folder, _, name = loc.key.rpartition("/")
     root, _, key = folder.rpartition("/")
-    store = ArtifactStore(storage, type(loc)(loc.scheme, loc.bucket, root), cache_dir)
+    store = ArtifactStore(storage, Location(loc.scheme, loc.bucket, root), cache_dir)
     if store.manifest(key) is None:
         raise KilnInputError(uri, "artifact is not marked built (no manifest)")
-    return store.fetch(key, name)
+    try:
+        return store.fetch(key, name)
+    except RuntimeError as exc:  # digest mismatch: never serve what was not built
+        raise KilnInputError(uri, str(exc)) from None
 
 
 def open_runner(served: Served, artifact: Path, threads: int | None) -> Any:
