@@ -132,17 +132,15 @@ def main() -> int:
     r50 = runtime.latency_ms.p50
     s50, s99, s_spread = percentiles(sequential)
     c50, c99, c_spread = percentiles(concurrent)
-    print(
-        f"engine: {served.candidate.name} ({model.metadata.name}), request body {len(payload) / 1e6:.1f} MB JSON"
-    )
+    size = len(payload) / 1e6
+    print(f"engine: {served.candidate.name} ({model.metadata.name}), body {size:.1f} MB JSON")
     print(f"{'path':<34} {'p50 ms':>9} {'p99 ms':>9} {'spread %':>9} {'x runtime p50':>14}")
     print(
         f"{'runtime alone, batch 1':<34} {r50:>9.2f} {runtime.latency_ms.p99:>9.2f} "
         f"{runtime.spread_percent:>9.1f} {1.0:>14.2f}"
     )
-    print(
-        f"{'HTTP, batch 1, sequential':<34} {s50:>9.2f} {s99:>9.2f} {s_spread:>9.1f} {s50 / r50:>14.2f}"
-    )
+    seq = "HTTP, batch 1, sequential"
+    print(f"{seq:<34} {s50:>9.2f} {s99:>9.2f} {s_spread:>9.1f} {s50 / r50:>14.2f}")
     print(
         f"{f'HTTP, {args.concurrency} clients, batching on':<34} {c50:>9.2f} {c99:>9.2f} "
         f"{c_spread:>9.1f} {c50 / r50:>14.2f}"
