@@ -60,6 +60,6 @@ def test_final_stages_run_as_non_root_without_build_tooling() -> None:
         assert users, target
         assert users[-1] not in ("0", "root"), target
         assert not any("pip install" in line for line in lines), target
-        assert not any(
-            line.startswith(("COPY operator/", "COPY builder/")) for line in lines
-        ), target  # sources only reach the wheel stage
+        assert not any(line.startswith(("COPY operator/", "COPY builder/")) for line in lines), (
+            target
+        )  # sources only reach the wheel stage
