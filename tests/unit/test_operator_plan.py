@@ -144,7 +144,8 @@ def test_first_pass_starts_the_export_job_only() -> None:
     job = p.apply[1]
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"][-2:] == ["--stage", "export"]
+    assert container["args"][3:5] == ["--stage", "export"]
+    assert container["args"][5:] == ["--termination-log", container["terminationMessagePath"]]
     assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]
     assert cond(p.status, "Accepted").status == "True"
     assert cond(p.status, "Exported").reason == "Exporting"

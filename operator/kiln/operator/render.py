@@ -15,6 +15,7 @@ from kiln.operator.targets import TargetIntent
 REQUEST_DIR = "/etc/kiln/request"
 REQUEST_FILE = "request.json"
 GPU_RESOURCE = "nvidia.com/gpu"
+TERMINATION_LOG = "/dev/termination-log"
 
 Manifest = dict[str, Any]
 
@@ -114,7 +115,10 @@ def builder_job(
         **names.labels(name, "builder", target.name if target else None),
         names.STAGE_LABEL: stage,
     }
-    args = ["build", "--request", f"{REQUEST_DIR}/{REQUEST_FILE}", "--stage", stage]
+    args = [
+        "build", "--request", f"{REQUEST_DIR}/{REQUEST_FILE}", "--stage", stage,
+        "--termination-log", TERMINATION_LOG,
+    ]
     if target is not None:
         args += ["--target", target.name]
     pod, resources = _placement(config, target)
@@ -126,7 +130,7 @@ def builder_job(
         "args": args,
         "envFrom": _credentials(secret),
         "volumeMounts": [{"name": "request", "mountPath": REQUEST_DIR, "readOnly": True}],
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": _SECURITY,
     }
