@@ -1,0 +1,275 @@
+"""The pod executor: the one simulated part is the container runtime. For pods labelled
+kiln.dev/component=builder that kwok has started on a simulated node, run the container's
+command on this machine (same args and env, mounted ConfigMaps/Secrets materialised into a
+folder and their mount paths rewritten), then finish the pod with that exit code and
+termination message, as a kubelet would. Real Jobs, scheduling and garbage collection see it.
+
+    python -m tests.cluster.executor --kubeconfig K --work DIR [--ready-file F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SELECTOR = "kiln.dev/component=builder"
+FALLBACK_BYTES = 2048  # what Kubernetes keeps of a log as a termination message fallback
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    termination_path: Path
+    fallback_to_logs: bool
+
+
+def rewrite(value: str, mounts: dict[str, Path]) -> str:
+    """Container paths under a mount point become the materialised folder's paths."""
+    for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(local) + value[len(mount_path.rstrip("/")) :]
+    return value
+
+
+def materialise(
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    folder: Path,
+    configmaps: dict[str, dict[str, str]],
+    secrets: dict[str, dict[str, str]],
+) -> dict[str, Path]:
+    """Write the container's ConfigMap/Secret volumes under `folder`; mountPath -> local path."""
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})
+        local = folder / "volumes" / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        if "configMap" in volume:
+            data = configmaps.get(volume["configMap"]["name"], {})
+        elif "secret" in volume:
+            data = secrets.get(volume["secret"]["secretName"], {})
+        else:
+            data = {}  # emptyDir and friends: an empty folder
+        for key, text in data.items():
+            (local / key).write_text(text)
+        mounts[mount["mountPath"]] = local
+    return mounts
+
+
+def launch(
+    pod: dict[str, Any],
+    folder: Path,
+    configmaps: dict[str, dict[str, str]],
+    secrets: dict[str, dict[str, str]],
+    venv_bin: Path,
+) -> Launch:
+    """Translate a pod's (first) container into a local command (pure but for the volume files)."""
+    container = pod["spec"]["containers"][0]
+    mounts = materialise(pod, container, folder, configmaps, secrets)
+    termination = folder / "termination-log"
+    # The container's termination message file is redirected like a mount.
+    mounts[container.get("terminationMessagePath", "/dev/termination-log")] = termination
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            env.update(secrets.get(source["secretRef"]["name"], {}))
+        if "configMapRef" in source:
+            env.update(configmaps.get(source["configMapRef"]["name"], {}))
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif ref := item.get("valueFrom", {}).get("secretKeyRef"):
+            env[item["name"]] = secrets.get(ref["name"], {}).get(ref["key"], "")
+        elif ref := item.get("valueFrom", {}).get("configMapKeyRef"):
+            env[item["name"]] = configmaps.get(ref["name"], {}).get(ref["key"], "")
+    env = {k: rewrite(v, mounts) for k, v in env.items()}
+    argv = [rewrite(a, mounts) for a in [*container.get("command", []), *container.get("args", [])]]
+    if argv and "/" not in argv[0] and (venv_bin / argv[0]).exists():
+        argv[0] = str(venv_bin / argv[0])  # the project's own `kiln`, as the image would have it
+    return Launch(
+        argv, env, termination, container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+    )
+
+
+def finished_status(
+    pod: dict[str, Any], code: int, message: str, started: str, now: str
+) -> dict[str, Any]:
+    container = pod["spec"]["containers"][0]
+    return {
+        "phase": "Succeeded" if code == 0 else "Failed",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "PodCompleted",
+                "lastTransitionTime": now,
+            }
+        ],
+        "containerStatuses": [
+            {
+                "name": container["name"],
+                "image": container.get("image", ""),
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "imageID": "",
+                "state": {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": "Completed" if code == 0 else "Error",
+                        "message": message,
+                        "startedAt": started,
+                        "finishedAt": now,
+                    }
+                },
+            }
+        ],
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Executor:
+    def __init__(self, kubeconfig: Path, work: Path) -> None:
+        from kubernetes import client, config
+
+        self.api = config.new_client_from_config(config_file=str(kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.work = work
+        self.venv_bin = Path(sys.executable).parent
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+
+    def _data(self, kind: str, namespace: str, name: str) -> dict[str, str]:
+        try:
+            if kind == "secret":
+                obj = self.core.read_namespaced_secret(name, namespace)
+                return {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
+            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+        except Exception:  # a missing optional source: as a kubelet, run without it
+            return {}
+
+    def _refs(
+        self, pod: dict[str, Any]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+        ns = pod["metadata"]["namespace"]
+        cms: set[str] = set()
+        secrets: set[str] = set()
+        for v in pod["spec"].get("volumes", []):
+            if "configMap" in v:
+                cms.add(v["configMap"]["name"])
+            if "secret" in v:
+                secrets.add(v["secret"]["secretName"])
+        for c in pod["spec"]["containers"]:
+            for s in c.get("envFrom", []):
+                if "secretRef" in s:
+                    secrets.add(s["secretRef"]["name"])
+                if "configMapRef" in s:
+                    cms.add(s["configMapRef"]["name"])
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {})
+                if "secretKeyRef" in ref:
+                    secrets.add(ref["secretKeyRef"]["name"])
+                if "configMapKeyRef" in ref:
+                    cms.add(ref["configMapKeyRef"]["name"])
+        return (
+            {n: self._data("configmap", ns, n) for n in cms},
+            {n: self._data("secret", ns, n) for n in secrets},
+        )
+
+    def run_pod(self, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        folder = self.work / uid
+        folder.mkdir(parents=True, exist_ok=True)
+        started = _now()
+        configmaps, secrets = self._refs(pod)
+        spec = launch(pod, folder, configmaps, secrets, self.venv_bin)
+        log = folder / "container.log"
+        env = {**os.environ, **spec.env}
+        env.pop("KUBECONFIG", None)  # builders never talk to the API server
+        try:
+            with log.open("wb") as out:
+                code = subprocess.run(
+                    spec.argv,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=folder,
+                    env=env,
+                    check=False,
+                ).returncode
+        except OSError as exc:
+            code = 127
+            log.write_text(f"cannot run {spec.argv[:1]}: {exc}\n")
+        message = spec.termination_path.read_text() if spec.termination_path.exists() else ""
+        if not message and code != 0 and spec.fallback_to_logs:
+            message = log.read_bytes()[-FALLBACK_BYTES:].decode(errors="replace")
+        status = finished_status(pod, code, message, started, _now())
+        self.core.patch_namespaced_pod_status(
+            pod["metadata"]["name"], pod["metadata"]["namespace"], {"status": status}
+        )
+
+    def loop(self, ready_file: Path | None) -> None:
+        from kubernetes import watch
+
+        if ready_file is not None:
+            ready_file.write_text("ready\n")
+        while True:
+            stream = watch.Watch().stream(
+                self.core.list_pod_for_all_namespaces, label_selector=SELECTOR, timeout_seconds=300
+            )
+            for event in stream:
+                pod = self.api.sanitize_for_serialization(event["object"])
+                if not self._runnable(pod):
+                    continue
+                with self.lock:
+                    if pod["metadata"]["uid"] in self.seen:
+                        continue
+                    self.seen.add(pod["metadata"]["uid"])
+                threading.Thread(target=self._guarded, args=(pod,), daemon=True).start()
+
+    def _guarded(self, pod: dict[str, Any]) -> None:
+        try:
+            self.run_pod(pod)
+        except Exception as exc:
+            print(f"executor: pod {pod['metadata']['name']}: {exc}", flush=True)
+
+    @staticmethod
+    def _runnable(pod: dict[str, Any]) -> bool:
+        status = pod.get("status", {})
+        running = any(
+            "running" in (cs.get("state") or {}) for cs in status.get("containerStatuses", [])
+        )
+        return (
+            status.get("phase") == "Running"
+            and running
+            and bool(pod["spec"].get("nodeName"))
+            and not pod["metadata"].get("deletionTimestamp")
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--ready-file", type=Path)
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    Executor(args.kubeconfig, args.work).loop(args.ready_file)
+
+
+if __name__ == "__main__":
+    main()

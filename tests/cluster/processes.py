@@ -1,0 +1,138 @@
+"""Child processes of the harness: each in its own process group with its own log, recorded in
+a state file, so `down` (or an interrupted test run) can stop every one of them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tests.cluster.binaries import ComponentError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Proc:
+    component: str
+    pid: int
+    log: str
+    command: list[str]
+
+
+class Supervisor:
+    def __init__(self, state_file: Path) -> None:
+        self.state_file = state_file
+        self.procs: list[Proc] = []
+        self._popen: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(
+        self, component: str, command: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> Proc:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with log.open("ab") as out:
+                popen = subprocess.Popen(
+                    command,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env={**os.environ, **(env or {})},
+                )
+        except OSError as exc:
+            raise ComponentError(component, f"cannot start: {exc}", log, command) from None
+        proc = Proc(component, popen.pid, str(log), command)
+        self.procs.append(proc)
+        self._popen[popen.pid] = popen
+        self.save()
+        return proc
+
+    def wait_ready(self, proc: Proc, check: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        popen = self._popen.get(proc.pid)
+        while time.monotonic() < deadline:
+            if popen is not None and popen.poll() is not None:
+                raise ComponentError(
+                    proc.component,
+                    f"exited with code {popen.returncode}",
+                    Path(proc.log),
+                    proc.command,
+                )
+            try:
+                if check():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise ComponentError(
+            proc.component,
+            f"did not become ready within {timeout:.0f}s",
+            Path(proc.log),
+            proc.command,
+        )
+
+    def save(self) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps([asdict(p) for p in self.procs], indent=2))
+
+    def stop_all(self) -> None:
+        stop_recorded(self.state_file, [asdict(p) for p in self.procs])
+        self.procs = []
+
+
+def stop_recorded(state_file: Path, procs: list[dict[str, object]] | None = None) -> list[str]:
+    """Stop every process recorded in `state_file`, newest first; returns their components."""
+    if procs is None:
+        if not state_file.exists():
+            return []
+        procs = json.loads(state_file.read_text())
+    stopped: list[str] = []
+    for proc in reversed(procs):
+        pid = int(str(proc["pid"]))
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        stopped.append(str(proc["component"]))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    state_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    with urllib.request.urlopen(url, timeout=2, context=context) as response:
+        return bool(response.status == 200)
