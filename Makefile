@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= builder,cpu,serve,operator,dev
 
-.PHONY: setup demo test lint typecheck contracts unit clean
+.PHONY: setup demo test lint typecheck contracts unit clean cluster-bin cluster-up cluster-down
 
 setup: $(STAMP)
 
@@ -32,6 +32,17 @@ contracts: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+# The local Kubernetes cluster (tests/cluster): binaries are built once and cached outside the
+# clone, keyed by the Go module pins; up/down start and stop everything, loopback only.
+cluster-bin: $(STAMP)
+	$(BIN)/python -m tests.cluster build
+
+cluster-up: cluster-bin
+	$(BIN)/python -m tests.cluster up
+
+cluster-down:
+	$(BIN)/python -m tests.cluster down
 
 # Every tier that needs no GPU; GPU tests report SKIPPED with their reason.
 test: lint typecheck contracts

@@ -172,3 +172,18 @@ def _isolated_cache(
     # Downloads from S3 land in a per-test cache, never in the developer's ~/.cache.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
     os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok
+    with the default simulated GPU node set), an S3 server and the pod executor, for the whole
+    session; everything it started is stopped afterwards, also on failure or interrupt."""
+    from tests.cluster import cluster as local_cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    info = local_cluster.up(root)
+    try:
+        yield info
+    finally:
+        local_cluster.down(root)

@@ -164,12 +164,12 @@ def run_operator(
 
     if kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(kubeconfig)
-        kube_config.load_kube_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+        kube_config.load_kube_config(config_file=str(kubeconfig))
     else:
         try:
-            kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
+            kube_config.load_incluster_config()
         except kube_config.ConfigException:
-            kube_config.load_kube_config()  # type: ignore[no-untyped-call]
+            kube_config.load_kube_config()
     handlers.Runtime.config = OperatorConfig(
         builder_image=builder_image,
         server_image=server_image,

@@ -116,8 +116,13 @@ def builder_job(
         names.STAGE_LABEL: stage,
     }
     args = [
-        "build", "--request", f"{REQUEST_DIR}/{REQUEST_FILE}", "--stage", stage,
-        "--termination-log", TERMINATION_LOG,
+        "build",
+        "--request",
+        f"{REQUEST_DIR}/{REQUEST_FILE}",
+        "--stage",
+        stage,
+        "--termination-log",
+        TERMINATION_LOG,
     ]
     if target is not None:
         args += ["--target", target.name]
