@@ -45,7 +45,7 @@ cluster-down:
 	$(BIN)/python -m tests.cluster down
 
 # Every tier that needs no GPU; GPU tests report SKIPPED with their reason.
-test: lint typecheck contracts
+test: lint typecheck contracts cluster-bin
 	$(BIN)/pytest
 
 clean:

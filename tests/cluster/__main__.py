@@ -25,7 +25,6 @@ def main() -> int:
             started = time.monotonic()
             for name, path in binaries.ensure().items():
                 print(f"{name}: {path}")
-            print(f"etcd: {binaries.etcd_binary()}")
             print(f"binaries ready in {time.monotonic() - started:.1f}s")
         elif args.command == "up":
             started = time.monotonic()

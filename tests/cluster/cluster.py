@@ -32,6 +32,8 @@ class ClusterInfo:
     server: str
     s3_endpoint: str
     s3_env: dict[str, str]
+    bin_dir: Path
+    etcd: str
     bucket: str = BUCKET
 
     def api_client(self) -> Any:
@@ -40,7 +42,7 @@ class ClusterInfo:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
     def kubectl(self) -> list[str]:
-        return [str(binaries.cache_dir() / "bin" / "kubectl"), "--kubeconfig", str(self.kubeconfig)]
+        return [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig)]
 
     def add_nodes(self, pools: list[dict[str, Any]], scale: int = 1) -> list[str]:
         from kubernetes import client
@@ -76,7 +78,7 @@ def up(root: Path, node_set: Path | None = nodes.DEFAULT_SET, executor: bool = T
     sup = Supervisor(state)
     try:
         bins = binaries.ensure()
-        etcd_bin = binaries.etcd_binary()
+        etcd_bin = bins["etcd"]
         certs = pki.generate(root / "pki")
 
         etcd_port, peer_port = free_port(), free_port()
@@ -131,6 +133,12 @@ def up(root: Path, node_set: Path | None = nodes.DEFAULT_SET, executor: bool = T
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
+                # No node lifecycle controller runs (no kubelets), so nothing would ever lift
+                # the not-ready taint this plugin puts on new nodes.
+                "--disable-admission-plugins=TaintNodesByCondition",
+                # ConfigMaps bypass the watch cache, so a test can force a real watch expiry
+                # (410 Gone) by compacting etcd; every other resource is cached as usual.
+                "--watch-cache-sizes=configmaps#0",
             ],
             logs / "kube-apiserver.log",
         )
@@ -208,7 +216,15 @@ def up(root: Path, node_set: Path | None = nodes.DEFAULT_SET, executor: bool = T
         _create_bucket(s3_env)
         (root / "s3.env").write_text("".join(f"{k}={v}\n" for k, v in s3_env.items()))
 
-        info = ClusterInfo(root, kubeconfig, server, endpoint, s3_env)
+        info = ClusterInfo(
+            root,
+            kubeconfig,
+            server,
+            endpoint,
+            s3_env,
+            bins["kubectl"].parent,
+            f"http://127.0.0.1:{etcd_port}",
+        )
         if node_set is not None:
             info.add_nodes(nodes.load(node_set))
         if executor:

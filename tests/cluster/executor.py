@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,18 +228,26 @@ class Executor:
         if ready_file is not None:
             ready_file.write_text("ready\n")
         while True:
-            stream = watch.Watch().stream(
-                self.core.list_pod_for_all_namespaces, label_selector=SELECTOR, timeout_seconds=300
-            )
-            for event in stream:
-                pod = self.api.sanitize_for_serialization(event["object"])
-                if not self._runnable(pod):
+            try:
+                self._watch_once(watch)
+            except Exception as exc:  # an expired or not-yet-ready watch: re-list and go on
+                print(f"executor: watch ended ({exc}); restarting", flush=True)
+                time.sleep(1)
+
+    def _watch_once(self, watch: Any) -> None:
+        # Pods already running when the watch (re)starts are in the initial ADDED events.
+        stream = watch.Watch().stream(
+            self.core.list_pod_for_all_namespaces, label_selector=SELECTOR, timeout_seconds=300
+        )
+        for event in stream:
+            pod = self.api.sanitize_for_serialization(event["object"])
+            if not self._runnable(pod):
+                continue
+            with self.lock:
+                if pod["metadata"]["uid"] in self.seen:
                     continue
-                with self.lock:
-                    if pod["metadata"]["uid"] in self.seen:
-                        continue
-                    self.seen.add(pod["metadata"]["uid"])
-                threading.Thread(target=self._guarded, args=(pod,), daemon=True).start()
+                self.seen.add(pod["metadata"]["uid"])
+            threading.Thread(target=self._guarded, args=(pod,), daemon=True).start()
 
     def _guarded(self, pod: dict[str, Any]) -> None:
         try:
