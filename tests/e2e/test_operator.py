@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,25 @@ KILN = str(Path(sys.executable).parent / "kiln")
 NS = "models"
 
 
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
+@dataclass
+class Operator:
+    """The operator process under test; every wait checks that it is still alive."""
+
+    cluster: ClusterInfo
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the operator exited ({self.process.returncode}):\n{tail}")
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str, op: Operator) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
+        op.check_alive()
         last = check()
         if last:
             return last
@@ -119,9 +135,13 @@ def resource(min_speedup: float = 0.01) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def operator(
     cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ClusterInfo]:
+) -> Iterator[Operator]:
     folder = tmp_path_factory.mktemp("e2e")
     rendered = kubectl(cluster, "kustomize", str(REPO / "manifests"))
+    # A server-side dry run cannot create the namespace its other objects live in: apply the
+    # Namespace first, then dry-run everything, then apply for real.
+    namespaces = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Namespace"]
+    kubectl(cluster, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(namespaces))
     kubectl(cluster, "apply", "--server-side", "--dry-run=server", "-f", "-", stdin=rendered)
     kubectl(cluster, "apply", "--server-side", "-f", "-", stdin=rendered)
     kubectl(
@@ -157,7 +177,7 @@ def operator(
         start_new_session=True,
     )
     try:
-        yield cluster
+        yield Operator(cluster, process, folder / "operator.log")
     finally:
         process.terminate()
         try:
@@ -175,11 +195,11 @@ def status_of(info: ClusterInfo) -> dict[str, Any]:
     return status
 
 
-def test_apply_to_ready_then_reselect_then_delete(operator: ClusterInfo) -> None:
-    info = operator
+def test_apply_to_ready_then_reselect_then_delete(operator: Operator) -> None:
+    info = operator.cluster
     kubectl(info, "apply", "-f", "-", stdin=json.dumps(resource()))
     status = eventually(
-        lambda: (s := status_of(info)).get("phase") == "Ready" and s, 600, "phase Ready"
+        lambda: (s := status_of(info)).get("phase") == "Ready" and s, 600, "phase Ready", operator
     )
 
     conditions = {c["type"]: c for c in status["conditions"]}
@@ -218,7 +238,7 @@ def test_apply_to_ready_then_reselect_then_delete(operator: ClusterInfo) -> None
     # A selection change re-decides from stored measurements: no new Job, and the serving
     # engine stays because nothing better was selected.
     kubectl(info, "apply", "-f", "-", stdin=json.dumps(resource(min_speedup=1000)))
-    eventually(lambda: status_of(info).get("phase") == "NoImprovement", 120, "NoImprovement")
+    eventually(lambda: status_of(info).get("phase") == "NoImprovement", 120, "NoImprovement", operator)
     assert {j.metadata.name for j in batch.list_namespaced_job(NS).items} == jobs_before
     assert apps.read_namespaced_deployment("tiny-cpu", NS).spec.replicas == 1
 
@@ -237,4 +257,5 @@ def test_apply_to_ready_then_reselect_then_delete(operator: ClusterInfo) -> None
         ),
         120,
         "garbage collection of children",
+        operator,
     )

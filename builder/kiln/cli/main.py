@@ -156,20 +156,14 @@ def run_operator(
     """Run the operator (Kopf): OptimizedModel -> builder Jobs per GPU type -> Deployments ->
     measured status. Cluster-wide unless --namespace is given."""
     import kopf
-    from kubernetes import config as kube_config
+    from kubernetes import client as kube_client
 
     from kiln.operator import handlers
     from kiln.operator.apply import Clients
     from kiln.operator.config import OperatorConfig
+    from kiln.operator.connection import load_configuration
 
-    if kubeconfig is not None:
-        os.environ["KUBECONFIG"] = str(kubeconfig)
-        kube_config.load_kube_config(config_file=str(kubeconfig))
-    else:
-        try:
-            kube_config.load_incluster_config()
-        except kube_config.ConfigException:
-            kube_config.load_kube_config()
+    handlers.Runtime.kubeconfig = kubeconfig
     handlers.Runtime.config = OperatorConfig(
         builder_image=builder_image,
         server_image=server_image,
@@ -178,7 +172,9 @@ def run_operator(
         artifacts_uri=artifacts_uri,
         credentials_secret=credentials_secret,
     )
-    handlers.Runtime.clients = Clients.create()
+    handlers.Runtime.clients = Clients.create(
+        kube_client.ApiClient(load_configuration(kubeconfig))
+    )
     kopf.configure(
         verbose=False, log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.PLAIN
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -15,6 +16,7 @@ from kiln.api.load import parse_document
 from kiln.api.spec import API_GROUP, API_VERSION
 from kiln.operator.apply import Clients, apply_plan, status_changed
 from kiln.operator.config import OperatorConfig
+from kiln.operator.connection import bearer, load_configuration
 from kiln.operator.observe import observe
 from kiln.operator.plan import Plan
 from kiln.storage.objects import Storage
@@ -27,6 +29,7 @@ class Runtime:
     """Process-wide state set by `kiln operator` before Kopf starts."""
 
     config = OperatorConfig()
+    kubeconfig: Path | None = None  # None: in-cluster, then $KUBECONFIG / ~/.kube/config
     clients: Clients | None = None
     storage = Storage()
 
@@ -68,6 +71,24 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any) -> Plan | None:
     for kind, reason, message in decided.events:
         (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message[:1000])
     return decided
+
+
+@kopf.on.login()
+def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    configuration = load_configuration(Runtime.kubeconfig)
+    scheme, token = bearer(configuration)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        trust_env=settings.networking.trust_env,
+    )
 
 
 @kopf.on.startup()

@@ -1,0 +1,40 @@
+"""One source of API credentials for both halves of the operator: the Kubernetes client that
+observe/apply use, and Kopf's own watch connections.
+
+Kopf's fallback login calls the client library's `load_kube_config()` without a file, which
+reads the kubeconfig path captured when `kubernetes` was first imported, so an explicit
+`--kubeconfig` would be ignored. The operator registers this loader as its login handler
+instead, and re-runs it on every re-login (tokens rotate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def load_configuration(kubeconfig: Path | None) -> Any:
+    """A fresh `kubernetes.client.Configuration`: the given kubeconfig, else in-cluster
+    (the pod's ServiceAccount), else $KUBECONFIG / ~/.kube/config."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        return configuration
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def bearer(configuration: Any) -> tuple[str | None, str | None]:
+    """(scheme, token) of the configuration's Authorization header, if any (RFC 7235)."""
+    # kubernetes>=36 stores the token under BearerToken, older releases under authorization.
+    header: str | None = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    if not header:
+        return None, None
+    scheme, _, token = header.partition(" ")
+    return (scheme, token) if token else (None, scheme)
