@@ -133,9 +133,7 @@ def resource(min_speedup: float = 0.01) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def operator(
-    cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
+def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     folder = tmp_path_factory.mktemp("e2e")
     rendered = kubectl(cluster, "kustomize", str(REPO / "manifests"))
     # A server-side dry run cannot create the namespace its other objects live in: apply the
@@ -238,7 +236,9 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator) -> None:
     # A selection change re-decides from stored measurements: no new Job, and the serving
     # engine stays because nothing better was selected.
     kubectl(info, "apply", "-f", "-", stdin=json.dumps(resource(min_speedup=1000)))
-    eventually(lambda: status_of(info).get("phase") == "NoImprovement", 120, "NoImprovement", operator)
+    eventually(
+        lambda: status_of(info).get("phase") == "NoImprovement", 120, "NoImprovement", operator
+    )
     assert {j.metadata.name for j in batch.list_namespaced_job(NS).items} == jobs_before
     assert apps.read_namespaced_deployment("tiny-cpu", NS).spec.replicas == 1
 

@@ -151,6 +151,16 @@ def run_operator(
     liveness: Annotated[
         str, typer.Option(help="liveness endpoint URL")
     ] = "http://0.0.0.0:8081/healthz",
+    resync_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="KILN_RESYNC_SECONDS",
+            help="re-check settled resources this often (watch events wake them at once)",
+        ),
+    ] = 60.0,
+    workers: Annotated[
+        int, typer.Option(envvar="KILN_WORKERS", help="reconcile passes running at once")
+    ] = 8,
     log_json: Annotated[bool, typer.Option("--log-json", help="structured JSON logs")] = False,
 ) -> None:
     """Run the operator (Kopf): OptimizedModel -> builder Jobs per GPU type -> Deployments ->
@@ -162,6 +172,7 @@ def run_operator(
     from kiln.operator.apply import Clients
     from kiln.operator.config import OperatorConfig
     from kiln.operator.connection import load_configuration
+    from kiln.storage.objects import Storage
 
     handlers.Runtime.kubeconfig = kubeconfig
     handlers.Runtime.config = OperatorConfig(
@@ -171,10 +182,13 @@ def run_operator(
         gpu_label=gpu_label,
         artifacts_uri=artifacts_uri,
         credentials_secret=credentials_secret,
+        resync_seconds=resync_seconds,
+        workers=workers,
     )
-    handlers.Runtime.clients = Clients.create(
-        kube_client.ApiClient(load_configuration(kubeconfig))
-    )
+    handlers.Runtime.storage = Storage(max_connections=workers + 2)
+    configuration = load_configuration(kubeconfig)
+    configuration.connection_pool_maxsize = workers + 2  # one connection per reconcile thread
+    handlers.Runtime.clients = Clients.create(kube_client.ApiClient(configuration))
     kopf.configure(
         verbose=False, log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.PLAIN
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +79,11 @@ def _atomic(dest: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def file_identity(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
@@ -85,13 +91,20 @@ def s3_endpoint() -> str | None:
 class Storage:
     """Reads and writes whole objects. Writes are atomic: a reader never sees half a file."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = 10) -> None:
         self._s3: S3Client | None = None
+        self._lock = threading.Lock()  # the operator reads from many threads at once
+        self._max_connections = max_connections
 
     # -- S3 plumbing -------------------------------------------------------------------------
 
     def _client(self) -> S3Client:
-        if self._s3 is None:
+        if self._s3 is not None:
+            return self._s3
+        # boto3's default session is not thread-safe while it creates a client.
+        with self._lock:
+            if self._s3 is not None:
+                return self._s3
             import boto3
             from botocore.config import Config
 
@@ -102,9 +115,10 @@ class Storage:
                 read_timeout=60,
                 retries={"max_attempts": 3, "mode": "standard"},
                 s3={"addressing_style": "path"},
+                max_pool_connections=self._max_connections,
             )
             self._s3 = boto3.client("s3", endpoint_url=s3_endpoint(), config=config)
-        return self._s3
+            return self._s3
 
     def _s3_error(self, loc: Location, exc: Exception) -> KilnInputError:
         from botocore.exceptions import (
@@ -186,25 +200,46 @@ class Storage:
             return
         self._s3_call(loc, self._client().put_object, Bucket=loc.bucket, Key=loc.key, Body=data)
 
-    def list(self, prefix: Location) -> list[Location]:
-        """Objects directly or indirectly under a folder-like prefix, sorted by key."""
+    def listing(self, prefix: Location) -> list[tuple[Location, str]]:
+        """(object, identity) under a prefix, sorted by key. The identity changes whenever the
+        content does (S3: size and ETag; files: size and modification time), so a caller can
+        tell a changed object from one listing, without a request per object."""
         if prefix.scheme == "file":
             root = Path(prefix.key)
             if not root.is_dir():
                 raise KilnInputError(prefix.key, "no such folder")
-            return [Location("file", "", str(p)) for p in sorted(root.rglob("*")) if p.is_file()]
+            return [
+                (Location("file", "", str(p)), file_identity(p))
+                for p in sorted(root.rglob("*"))
+                if p.is_file()
+            ]
         key = prefix.key.rstrip("/") + "/" if prefix.key else ""
         paginator = self._client().get_paginator("list_objects_v2")
-        found: list[Location] = []
+        found: list[tuple[Location, str]] = []
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             for page in paginator.paginate(Bucket=prefix.bucket, Prefix=key):
                 for item in page.get("Contents", []):
-                    found.append(Location("s3", prefix.bucket, item["Key"]))
+                    identity = f"{item.get('Size')}:{item.get('ETag')}"
+                    found.append((Location("s3", prefix.bucket, item["Key"]), identity))
         except (BotoCoreError, ClientError) as exc:
             raise self._s3_error(prefix, exc) from None
-        return sorted(found, key=lambda loc: loc.key)
+        return sorted(found, key=lambda entry: entry[0].key)
+
+    def identity(self, loc: Location) -> str:
+        """What `listing` reports for one object (a HEAD request on S3)."""
+        if loc.scheme == "file":
+            path = Path(loc.key)
+            if not path.is_file():
+                raise KilnInputError(loc.key, "no such file")
+            return file_identity(path)
+        head = self.head(loc)
+        return f"{head.get('ContentLength')}:{head.get('ETag')}"
+
+    def list(self, prefix: Location) -> list[Location]:
+        """Objects directly or indirectly under a folder-like prefix, sorted by key."""
+        return [loc for loc, _ in self.listing(prefix)]
 
     def fetch(self, loc: Location, cache_dir: Path) -> Path:
         """A local file with the object's content: the file itself, or a download."""

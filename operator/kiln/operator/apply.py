@@ -63,5 +63,12 @@ def apply_plan(clients: Clients, namespace: str, plan: Plan) -> None:
         )
 
 
-def status_changed(current: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
-    return (current or {}) != desired
+def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any] | None:
+    """A JSON merge patch turning `current` into `desired` (keys that vanished become null,
+    lists are replaced whole), or None when there is nothing to write."""
+    current = current or {}
+    if current == desired:
+        return None
+    patch: dict[str, Any] = {key: None for key in current if key not in desired}
+    patch.update({k: v for k, v in desired.items() if current.get(k) != v})
+    return patch

@@ -19,6 +19,13 @@ class OperatorConfig(BaseModel):
     backoff_limit: int = 2
     job_deadline_seconds: int = 3600
     job_ttl_seconds: int = 24 * 3600
-    requeue_seconds: float = 10.0
-    # Extra command prefix for builder/server containers, e.g. a wrapper in tests.
+    requeue_seconds: float = Field(
+        default=10.0, description="re-check while something is in flight (Jobs, rollouts)"
+    )
+    resync_seconds: float = Field(
+        default=60.0,
+        description="re-check a settled resource (new objects under the same source URI); "
+        "watch events on children, nodes and the spec wake it at once",
+    )
+    workers: int = Field(default=8, ge=1, description="reconcile passes running at once")
     image_pull_policy: str = "IfNotPresent"

@@ -142,9 +142,7 @@ def plan(observed: Observed, config: OperatorConfig) -> Plan:
             **headline(targets),
         )
         out.status = status
-        for c in flips(old, conds):
-            kind = "Normal" if (c.status == "True") != (c.type == "Degraded") else "Warning"
-            out.events.append((kind, c.reason, f"{c.type}={c.status}: {c.message}"))
+        out.events += transition_events(old, conds)
         return out
 
     if artifacts_uri(model, config) is None:
@@ -321,6 +319,59 @@ def plan(observed: Observed, config: OperatorConfig) -> Plan:
     else:
         phase = Phase.NO_IMPROVEMENT
     return finish(phase, targets)
+
+
+def transition_events(
+    before: list[Condition], after: list[Condition]
+) -> list[tuple[str, str, str]]:
+    """A Kubernetes Event per condition that flipped: Warning for the bad direction."""
+    events = []
+    for c in flips(before, after):
+        kind = "Normal" if (c.status == "True") != (c.type == "Degraded") else "Warning"
+        events.append((kind, c.reason, f"{c.type}={c.status}: {c.message}"))
+    return events
+
+
+def parse_status(status: dict[str, Any] | None) -> OptimizedModelStatus | None:
+    return OptimizedModelStatus.model_validate(status) if status and status.get("phase") else None
+
+
+def rejected(status: dict[str, Any] | None, generation: int | None, message: str, now: str) -> Plan:
+    """A spec the CRD schema let through but Kiln's own rules refuse (cross-field checks):
+    nothing is built or rolled out, and the message names the field."""
+    current = parse_status(status)
+    old = current.conditions if current else []
+    conds = set_condition(old, "Accepted", False, "InvalidSpec", message, generation, now)
+    conds = set_condition(conds, "Degraded", True, "InvalidSpec", message, generation, now)
+    targets = current.targets if current else []
+    out = Plan(requeue_after=None)
+    out.status = OptimizedModelStatus(
+        phase=Phase.FAILED,
+        observed_generation=generation,
+        message=message,
+        summary=message,
+        targets=targets,
+        conditions=conds,
+        model_digest=current.model_digest if current else None,
+        **headline(targets),
+    )
+    out.events = transition_events(old, conds)
+    return out
+
+
+def with_apply_error(
+    decided: Plan, before: OptimizedModelStatus | None, message: str, now: str
+) -> Plan:
+    """The plan's status, Degraded with the reason the API server refused a write (RBAC,
+    quota, admission): the user sees it on the resource, the operator retries with backoff."""
+    assert decided.status is not None
+    gen = decided.status.observed_generation
+    conds = set_condition(
+        decided.status.conditions, "Degraded", True, "ApplyFailed", message, gen, now
+    )
+    status = decided.status.model_copy(update={"conditions": conds})
+    old = before.conditions if before else []
+    return Plan(status=status, events=transition_events(old, conds))
 
 
 def _serving(observed: Observed, model: OptimizedModel, target: TargetStatus) -> bool:

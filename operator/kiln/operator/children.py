@@ -1,0 +1,71 @@
+"""What the operator keeps of the objects it watches (pure): raw API bodies, as the watch
+streams deliver them, reduced to the few fields the plan reads. These values live in Kopf's
+in-memory indexes, so a reconcile reads the cluster without a single API call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kiln.operator import names
+from kiln.operator.plan import DeploymentState, JobState
+
+Body = Mapping[str, Any]
+
+
+def controller_uid(body: Body) -> str | None:
+    """The uid of the object's controlling owner (the OptimizedModel of a Kiln child)."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            uid: str | None = ref.get("uid")
+            return uid
+    return None
+
+
+def job_state(body: Body) -> JobState:
+    status = body.get("status") or {}
+    conditions = status.get("conditions") or []
+    failed = next(
+        (c for c in conditions if c.get("type") == "Failed" and c.get("status") == "True"), None
+    )
+    message = f"{failed.get('reason')}: {failed.get('message')}" if failed is not None else ""
+    return JobState(
+        name=body["metadata"]["name"],
+        succeeded=bool(status.get("succeeded")),
+        failed=failed is not None,
+        message=message,
+    )
+
+
+def deployment_state(body: Body) -> DeploymentState:
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    template = spec.get("template", {}).get("metadata", {})
+    # Ready pods count only once the rollout of the current template is complete.
+    replicas = spec.get("replicas", 1)
+    updated = (status.get("updatedReplicas") or 0) >= replicas
+    current = status.get("observedGeneration") == body.get("metadata", {}).get("generation")
+    return DeploymentState(
+        name=body["metadata"]["name"],
+        ready_replicas=(status.get("readyReplicas") or 0) if updated and current else 0,
+        engine_key=(template.get("annotations") or {}).get(names.ENGINE_ANNOTATION),
+    )
+
+
+def gpu_product(body: Body, label: str) -> str | None:
+    """The node's GPU type, from the label NVIDIA's GPU operator (or the admin) puts on it."""
+    value: str | None = (body.get("metadata", {}).get("labels") or {}).get(label)
+    return value or None
+
+
+def failed_pod_message(pods: Sequence[Body]) -> str:
+    """The newest failed pod's termination message (the builder's JSON line, or the log tail
+    Kubernetes fell back to)."""
+    newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
+    for pod in newest:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated is not None and terminated.get("exitCode") != 0:
+                text = (terminated.get("message") or terminated.get("reason") or "").strip()
+                return f"exit {terminated['exitCode']}: {text[-1500:]}"
+    return ""
