@@ -1,16 +1,23 @@
 """The operator end to end on the local cluster: real API server, real Jobs and scheduling onto
-simulated GPU nodes, real builder runs (through the executor), real S3 storage. The operator
-runs as a local process under the ServiceAccount and RBAC from manifests/, not as admin."""
+simulated GPU nodes, real builder runs (through the executor), real S3 storage.
+
+The operator is started from the rendered manifests/ themselves: the Deployment's command, its
+ConfigMap and Secret environment, and the ServiceAccount's token (so it runs with exactly the
+RBAC that manifests/ grants, never as admin). Only the image is replaced by a local process.
+Each test has a namespace of its own; stored results are shared through S3, as in a cluster."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +27,71 @@ import yaml
 from kubernetes import client
 
 from tests.cluster.cluster import ClusterInfo
+from tests.cluster.executor import launch
+from tests.cluster.processes import free_port
 from tests.conftest import FAST_BENCHMARK, write_calibration
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).parents[2]
-KILN = str(Path(sys.executable).parent / "kiln")
-NS = "models"
+GROUP, VERSION, PLURAL = "kiln.dev", "v1alpha1", "optimizedmodels"
+GPU_TYPES = {"NVIDIA-H100-80GB-HBM3", "NVIDIA-A10G", "NVIDIA-L4"}
+MODEL = "s3://kiln/models/tiny/tiny.pt2"
+
+
+def kubectl(info: ClusterInfo, *args: str, stdin: str | None = None, ok: bool = True) -> str:
+    proc = subprocess.run(
+        [*info.kubectl(), *args], input=stdin, capture_output=True, text=True, check=False
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+    assert proc.returncode != 0, proc.stdout
+    return proc.stderr
 
 
 @dataclass
 class Operator:
-    """The operator process under test; every wait checks that it is still alive."""
+    """The operator process, launched from the rendered Deployment; every wait checks that it
+    is still alive, so a crash fails the test at once with the log's tail."""
 
     cluster: ClusterInfo
-    process: subprocess.Popen[bytes]
+    argv: list[str]
+    env: dict[str, str]
     log: Path
+    liveness: str
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    starts: int = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            out.write(f"--- start {self.starts} ---\n".encode())
+            out.flush()
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env
+            )
+        self.starts += 1
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def check_alive(self) -> None:
+        assert self.process is not None
         if self.process.poll() is not None:
             tail = self.log.read_text(errors="replace")[-3000:]
             raise AssertionError(f"the operator exited ({self.process.returncode}):\n{tail}")
 
+    def api(self) -> Any:
+        return self.cluster.api_client()
 
-def eventually(check: Callable[[], Any], timeout: float, what: str, op: Operator) -> Any:
+
+def eventually(op: Operator, check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -50,41 +99,120 @@ def eventually(check: Callable[[], Any], timeout: float, what: str, op: Operator
         last = check()
         if last:
             return last
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def kubectl(info: ClusterInfo, *args: str, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        [*info.kubectl(), *args], input=stdin, capture_output=True, text=True, check=False
+def status_of(op: Operator, ns: str, name: str) -> dict[str, Any]:
+    custom = client.CustomObjectsApi(op.api())
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    status: dict[str, Any] = obj.get("status") or {}
+    return status
+
+
+def describe(status: dict[str, Any]) -> str:
+    """The parts of a status worth reading when a wait times out."""
+    conds = [
+        f"{c['type']}={c['status']} {c['reason']}: {c['message']}"
+        for c in status.get("conditions", [])
+    ]
+    targets = [f"{t['name']}={t['state']} ({t.get('reason')})" for t in status.get("targets", [])]
+    return f"phase={status.get('phase')} gen={status.get('observedGeneration')}\n  " + "\n  ".join(
+        conds + targets
     )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
-def service_account_kubeconfig(info: ClusterInfo, folder: Path) -> Path:
-    """A kubeconfig for the operator's ServiceAccount, so the test runs it with exactly the
-    permissions manifests/ grants."""
-    token = kubectl(
-        info, "create", "token", "kiln-operator", "-n", "kiln-system", "--duration=2h"
-    ).strip()
-    admin = yaml.safe_load(info.kubeconfig.read_text())
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "sa",
-        "clusters": admin["clusters"],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [
-            {"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": "sa"}}
-        ],
+def wait_status(
+    op: Operator,
+    ns: str,
+    name: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 300,
+) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def check() -> dict[str, Any] | None:
+        seen.update(status=status_of(op, ns, name))
+        return seen["status"] if predicate(seen["status"]) else None
+
+    try:
+        found: dict[str, Any] = eventually(op, check, timeout, f"{ns}/{name}: {what}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last status:\n  {describe(seen.get('status', {}))}") from None
+    return found
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions", [])}
+
+
+def ready(generation: int = 1) -> Callable[[dict[str, Any]], bool]:
+    return lambda s: s.get("phase") == "Ready" and s.get("observedGeneration") == generation
+
+
+def resource(name: str, ns: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "source": {"uri": MODEL},
+        "inputs": [{"name": "image", "shape": [-1, 3, 16, 16]}],
+        "outputs": ["logits"],
+        "batchSizes": [1, 4],
+        "backends": ["pytorch", "onnxruntime", "tensorrt"],
+        "precisions": ["fp32", "int8"],
+        "calibration": {
+            "uri": "s3://kiln/models/tiny/calibration",
+            "samples": 16,
+            "method": "minmax",
+        },
+        "accuracy": {"samples": 4, "int8MaxDegradation": 0.2},
+        "benchmark": FAST_BENCHMARK,
+        "selection": {"minSpeedup": 0.01},
+        "artifacts": {"uri": "s3://kiln/artifacts", "credentialsSecret": "kiln-s3"},
     }
-    path = folder / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    body.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "OptimizedModel",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": body,
+    }
 
 
-def upload_model(info: ClusterInfo, folder: Path) -> None:
+def apply(op: Operator, document: dict[str, Any]) -> None:
+    kubectl(op.cluster, "apply", "-f", "-", stdin=json.dumps(document))
+
+
+def namespace(op: Operator, prefix: str) -> str:
+    """A namespace of the test's own, with the S3 credentials Secret builders reference."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(op.api())
+    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespaced_secret(
+        name, {"metadata": {"name": "kiln-s3"}, "stringData": op.cluster.s3_env}
+    )
+    return name
+
+
+def job_names(op: Operator, ns: str) -> set[str]:
+    return {j.metadata.name for j in client.BatchV1Api(op.api()).list_namespaced_job(ns).items}
+
+
+def delete_and_wait_for_collection(op: Operator, ns: str, *names: str) -> None:
+    """Delete the resources; their Jobs and Deployments go through ownerReferences."""
+    kubectl(op.cluster, "delete", PLURAL, *names, "-n", ns, "--wait=true", "--timeout=60s")
+    apps, batch = client.AppsV1Api(op.api()), client.BatchV1Api(op.api())
+    eventually(
+        op,
+        lambda: (
+            not apps.list_namespaced_deployment(ns).items
+            and not batch.list_namespaced_job(ns).items
+        ),
+        120,
+        "garbage collection of the children",
+    )
+
+
+def upload_models(info: ClusterInfo, folder: Path) -> None:
     import torch
 
     from tests.fixtures.tiny_models import build
@@ -105,157 +233,313 @@ def upload_model(info: ClusterInfo, folder: Path) -> None:
     s3.upload_file(str(folder / "tiny.pt2"), info.bucket, "models/tiny/tiny.pt2")
     for shard in sorted((folder / "calibration").glob("*.npz")):
         s3.upload_file(str(shard), info.bucket, f"models/tiny/calibration/{shard.name}")
+    # A source that exists but is no model: the export Job fails on it.
+    s3.put_object(Bucket=info.bucket, Key="models/broken/broken.pt2", Body=b"not a model")
 
 
-def resource(min_speedup: float = 0.01) -> dict[str, Any]:
-    return {
-        "apiVersion": "kiln.dev/v1alpha1",
-        "kind": "OptimizedModel",
-        "metadata": {"name": "tiny", "namespace": NS},
-        "spec": {
-            "source": {"uri": "s3://kiln/models/tiny/tiny.pt2"},
-            "inputs": [{"name": "image", "shape": [-1, 3, 16, 16]}],
-            "outputs": ["logits"],
-            "batchSizes": [1, 4],
-            "backends": ["pytorch", "onnxruntime", "tensorrt"],
-            "precisions": ["fp32", "int8"],
-            "calibration": {
-                "uri": "s3://kiln/models/tiny/calibration",
-                "samples": 16,
-                "method": "minmax",
-            },
-            "accuracy": {"samples": 4, "int8MaxDegradation": 0.2},
-            "benchmark": FAST_BENCHMARK,
-            "selection": {"minSpeedup": min_speedup},
-            "artifacts": {"uri": "s3://kiln/artifacts", "credentialsSecret": "kiln-s3"},
-        },
+def service_account_kubeconfig(info: ClusterInfo, folder: Path) -> Path:
+    """A kubeconfig with the operator ServiceAccount's token: exactly what manifests/ grants."""
+    token = kubectl(
+        info, "create", "token", "kiln-operator", "-n", "kiln-system", "--duration=2h"
+    ).strip()
+    admin = yaml.safe_load(info.kubeconfig.read_text())
+    cluster_name = admin["clusters"][0]["name"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "sa",
+        "clusters": admin["clusters"],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster_name, "user": "sa"}}],
     }
+    path = folder / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def operator_from_manifests(
+    info: ClusterInfo, documents: list[dict[str, Any]], folder: Path
+) -> Operator:
+    """The rendered operator Deployment's container as a local process (the executor's own
+    translation of a pod: command, ConfigMap and Secret environment, mounts)."""
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    configmaps = {
+        d["metadata"]["name"]: d.get("data", {}) for d in documents if d["kind"] == "ConfigMap"
+    }
+    template = deployment["spec"]["template"]
+    pod = {"metadata": template.get("metadata", {}), "spec": template["spec"]}
+    started = launch(pod, folder, configmaps, {"kiln-s3": info.s3_env}, Path(sys.executable).parent)
+    assert started.argv[:2] == [str(Path(sys.executable).parent / "kiln"), "operator"]
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    argv = [
+        *started.argv,
+        "--kubeconfig",
+        str(service_account_kubeconfig(info, folder)),
+        "--liveness",
+        liveness,
+        "--resync-seconds",
+        "30",
+    ]
+    # Nothing of this machine's credentials: the operator gets what the manifests give it.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
+    env = {**base, **started.env, "PYTHONUNBUFFERED": "1"}
+    return Operator(info, argv, env, folder / "operator.log", liveness)
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     folder = tmp_path_factory.mktemp("e2e")
     rendered = kubectl(cluster, "kustomize", str(REPO / "manifests"))
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
     # A server-side dry run cannot create the namespace its other objects live in: apply the
     # Namespace first, then dry-run everything, then apply for real.
-    namespaces = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Namespace"]
+    namespaces = [d for d in documents if d["kind"] == "Namespace"]
     kubectl(cluster, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(namespaces))
     kubectl(cluster, "apply", "--server-side", "--dry-run=server", "-f", "-", stdin=rendered)
     kubectl(cluster, "apply", "--server-side", "-f", "-", stdin=rendered)
     kubectl(
-        cluster,
-        "wait",
-        "--for=condition=Established",
-        "crd/optimizedmodels.kiln.dev",
-        "--timeout=60s",
+        cluster, "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"
     )
-    core = client.CoreV1Api(cluster.api_client())
-    core.create_namespace({"metadata": {"name": NS}})
-    core.create_namespaced_secret(
-        NS, {"metadata": {"name": "kiln-s3"}, "stringData": cluster.s3_env}
+    client.CoreV1Api(cluster.api_client()).create_namespaced_secret(
+        "kiln-system", {"metadata": {"name": "kiln-s3"}, "stringData": cluster.s3_env}
     )
-    upload_model(cluster, folder)
-    log = (folder / "operator.log").open("wb")
-    env = {**os.environ, **cluster.s3_env, "PYTHONUNBUFFERED": "1"}
-    env.pop("KUBECONFIG", None)
-    process = subprocess.Popen(
-        [
-            KILN,
-            "operator",
-            "--kubeconfig",
-            str(service_account_kubeconfig(cluster, folder)),
-            "--builder-image",
-            "kiln-builder:test",
-            "--liveness",
-            "http://127.0.0.1:0/healthz",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    upload_models(cluster, folder)
+    op = operator_from_manifests(cluster, documents, folder)
+    op.start()
     try:
-        yield Operator(cluster, process, folder / "operator.log")
+        yield op
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-        print((folder / "operator.log").read_text()[-5000:])
-
-
-def status_of(info: ClusterInfo) -> dict[str, Any]:
-    custom = client.CustomObjectsApi(info.api_client())
-    obj = custom.get_namespaced_custom_object("kiln.dev", "v1alpha1", NS, "optimizedmodels", "tiny")
-    status: dict[str, Any] = obj.get("status") or {}
-    return status
+        op.stop()
+        print(op.log.read_text(errors="replace")[-5000:])
 
 
 def test_apply_to_ready_then_reselect_then_delete(operator: Operator) -> None:
-    info = operator.cluster
-    kubectl(info, "apply", "-f", "-", stdin=json.dumps(resource()))
-    status = eventually(
-        lambda: (s := status_of(info)).get("phase") == "Ready" and s, 600, "phase Ready", operator
-    )
+    op = operator
+    ns = namespace(op, "ready")
+    apply(op, resource("tiny", ns))
+    status = wait_status(op, ns, "tiny", ready(), "phase Ready", timeout=600)
 
-    conditions = {c["type"]: c for c in status["conditions"]}
+    conds = conditions(status)
     for kind in ("Accepted", "Exported", "Built", "Benchmarked", "Ready"):
-        assert conditions[kind]["status"] == "True", conditions[kind]
+        assert conds[kind]["status"] == "True", conds[kind]
+        assert conds[kind]["observedGeneration"] == 1
+    assert conds["Degraded"]["status"] == "False"
     targets = {t["name"]: t for t in status["targets"]}
-    assert set(targets) == {"cpu", "NVIDIA-H100-80GB-HBM3", "NVIDIA-A10G", "NVIDIA-L4"}
+    assert set(targets) == {"cpu", *GPU_TYPES}
     cpu = targets["cpu"]
     assert cpu["selected"].startswith("onnxruntime-cpu")
     assert cpu["deployment"] == "tiny-cpu"
     assert cpu["readyReplicas"] == 1
-    for name in ("NVIDIA-H100-80GB-HBM3", "NVIDIA-A10G", "NVIDIA-L4"):
+    assert cpu["endpoint"] == f"http://tiny-cpu.{ns}.svc:8080/v2/models/tiny"
+    selected = next(c for c in cpu["candidates"] if c["name"] == cpu["selected"])
+    assert selected["accuracy"]["passed"] is True
+    assert selected["speedup"] > 0
+    for name in GPU_TYPES:
         assert targets[name]["state"] == "SKIPPED"  # the GPU is simulated; nothing is faked
         assert "CUDA" in targets[name]["reason"]
     assert status["readyTargets"] == "1/4"
+    assert status["best"] == f"{cpu['selected']}@cpu"
 
-    apps = client.AppsV1Api(info.api_client())
-    deploy = apps.read_namespaced_deployment("tiny-cpu", NS)
+    apps = client.AppsV1Api(op.api())
+    deploy = apps.read_namespaced_deployment("tiny-cpu", ns)
     assert deploy.spec.template.metadata.annotations["kiln.dev/engine-key"] == cpu["cacheKey"]
-    table = kubectl(info, "get", "optimizedmodels", "-n", NS)
-    assert table.split("\n")[0].split() == [
-        "NAME",
-        "PHASE",
-        "TARGETS",
-        "BEST",
-        "SPEEDUP",
-        "READY",
-        "AGE",
-    ]
-    assert "Ready" in table
-    assert "1/4" in table
+    assert deploy.metadata.owner_references[0].kind == "OptimizedModel"
+    args = deploy.spec.template.spec.containers[0].args
+    assert args[args.index("--cache-key") + 1] == cpu["cacheKey"]
+    table = kubectl(op.cluster, "get", PLURAL, "-n", ns)
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "TARGETS", "BEST", "SPEEDUP", "READY", "AGE"]
+    assert row.split()[:4] == ["tiny", "Ready", "1/4", status["best"]]
+    # GitOps: the operator adds its finalizer and writes status, nothing else on the object.
+    obj = client.CustomObjectsApi(op.api()).get_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, "tiny"
+    )
+    assert obj["metadata"]["finalizers"] == ["kiln.dev/finalizer"]
+    assert not [a for a in obj["metadata"].get("annotations", {}) if a.startswith("kiln.dev")]
 
-    batch = client.BatchV1Api(info.api_client())
-    jobs_before = {j.metadata.name for j in batch.list_namespaced_job(NS).items}
+    jobs_before = job_names(op, ns)
     assert len(jobs_before) == 5  # one export + one per target
     # A selection change re-decides from stored measurements: no new Job, and the serving
     # engine stays because nothing better was selected.
-    kubectl(info, "apply", "-f", "-", stdin=json.dumps(resource(min_speedup=1000)))
-    eventually(
-        lambda: status_of(info).get("phase") == "NoImprovement", 120, "NoImprovement", operator
+    apply(op, resource("tiny", ns, selection={"minSpeedup": 1000}))
+    status = wait_status(
+        op, ns, "tiny", lambda s: s.get("observedGeneration") == 2, "generation 2 observed"
     )
-    assert {j.metadata.name for j in batch.list_namespaced_job(NS).items} == jobs_before
-    assert apps.read_namespaced_deployment("tiny-cpu", NS).spec.replicas == 1
+    assert status["phase"] == "NoImprovement"
+    assert "no candidate reached minSpeedup 1000x" in status["summary"]
+    assert job_names(op, ns) == jobs_before
+    assert apps.read_namespaced_deployment("tiny-cpu", ns).spec.replicas == 1
 
-    events = (
-        client.CoreV1Api(info.api_client())
-        .list_namespaced_event(NS, field_selector="involvedObject.name=tiny")
-        .items
+    events = client.CoreV1Api(op.api()).list_namespaced_event(
+        ns, field_selector="involvedObject.name=tiny"
     )
-    assert any(e.reason == "Serving" for e in events)
+    reasons = {e.reason for e in events.items}
+    assert {"Accepted", "Exported", "Built", "Serving"} <= reasons, reasons
 
-    kubectl(info, "delete", "optimizedmodel", "tiny", "-n", NS, "--wait=true", "--timeout=60s")
-    eventually(
-        lambda: (
-            not apps.list_namespaced_deployment(NS).items
-            and not batch.list_namespaced_job(NS).items
-        ),
-        120,
-        "garbage collection of children",
-        operator,
+    with urllib.request.urlopen(op.liveness, timeout=5) as response:
+        assert response.status == 200
+        assert json.loads(response.read())["reconcileLoops"] >= 1
+
+    delete_and_wait_for_collection(op, ns, "tiny")
+
+
+def test_stored_results_mean_no_job_at_all(operator: Operator) -> None:
+    op = operator
+    ns = namespace(op, "stored")
+    apply(op, resource("again", ns))  # the same model and spec as a resource built before
+    status = wait_status(op, ns, "again", ready(), "phase Ready")
+    assert job_names(op, ns) == set()
+    cpu = next(t for t in status["targets"] if t["name"] == "cpu")
+    assert cpu["readyReplicas"] == 1
+    delete_and_wait_for_collection(op, ns, "again")
+
+
+def test_a_new_gpu_type_is_built_for_and_a_vanished_one_goes_stale(operator: Operator) -> None:
+    op = operator
+    ns = namespace(op, "nodes")
+    apply(op, resource("fleet", ns))
+    wait_status(op, ns, "fleet", ready(), "phase Ready")
+    assert job_names(op, ns) == set()
+
+    (node,) = op.cluster.add_nodes(
+        [
+            {
+                "name": "t4",
+                "labels": {"nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.count": 1},
+                "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "1"},
+            }
+        ]
     )
+    status = wait_status(
+        op,
+        ns,
+        "fleet",
+        lambda s: any(t["name"] == "Tesla-T4" and t["state"] == "SKIPPED" for t in s["targets"]),
+        "a built target for the new GPU type",
+    )
+    (job,) = job_names(op, ns)  # exactly one build, for the new type; the export is reused
+    assert job.startswith("fleet-build-tesla-t4-")
+    pod = client.BatchV1Api(op.api()).read_namespaced_job(job, ns).spec.template.spec
+    assert pod.node_selector == {"nvidia.com/gpu.product": "Tesla-T4"}
+    assert status["readyTargets"] == "1/5"
+
+    client.CoreV1Api(op.api()).delete_node(node)
+    status = wait_status(
+        op,
+        ns,
+        "fleet",
+        lambda s: any(t["name"] == "Tesla-T4" and t.get("stale") for t in s["targets"]),
+        "the vanished GPU type's target marked stale",
+    )
+    degraded = conditions(status)["Degraded"]
+    assert degraded["status"] == "True"
+    assert "target Tesla-T4: no node of this GPU type is left" in degraded["message"]
+    assert status["phase"] == "Ready"  # the CPU target keeps serving
+    delete_and_wait_for_collection(op, ns, "fleet")
+
+
+def test_a_spec_change_rebuilds_only_what_it_changes(operator: Operator) -> None:
+    op = operator
+    ns = namespace(op, "change")
+    apply(op, resource("tuned", ns))
+    wait_status(op, ns, "tuned", ready(), "phase Ready")
+    assert job_names(op, ns) == set()
+
+    # The accuracy check is part of each target's measurement, not of the export.
+    apply(op, resource("tuned", ns, accuracy={"samples": 3, "int8MaxDegradation": 0.2}))
+    status = wait_status(op, ns, "tuned", ready(2), "phase Ready at generation 2", timeout=600)
+    batch = client.BatchV1Api(op.api())
+    stages = {j.metadata.labels["kiln.dev/stage"] for j in batch.list_namespaced_job(ns).items}
+    assert stages == {"target"}  # four target Jobs, no export Job
+    assert len(job_names(op, ns)) == 4
+    cpu = next(t for t in status["targets"] if t["name"] == "cpu")
+    ort = next(c for c in cpu["candidates"] if c["name"] == "onnxruntime-cpu-fp32")
+    assert ort["cached"] is True  # the engine was reused, only its measurement is new
+    assert ort["accuracy"]["samples"] == 3
+    delete_and_wait_for_collection(op, ns, "tuned")
+
+
+def test_an_operator_restart_mid_build_resumes_without_duplicates(operator: Operator) -> None:
+    op = operator
+    ns = namespace(op, "restart")
+    slow = {**FAST_BENCHMARK, "warmupIterations": 3}  # new measurement keys: real builds
+    apply(op, resource("resumed", ns, benchmark=slow))
+    eventually(op, lambda: job_names(op, ns), 120, "the first builder Job")
+    op.stop(kill=True)  # no graceful shutdown: as if the node went away
+    op.start()
+    status = wait_status(op, ns, "resumed", ready(), "phase Ready after the restart", timeout=600)
+    batch = client.BatchV1Api(op.api())
+    jobs = batch.list_namespaced_job(ns).items
+    assert len(jobs) == 4  # one per target; the export is reused
+    # Results reach storage just before their Jobs are recorded as complete.
+    eventually(
+        op,
+        lambda: all(j.status.succeeded == 1 for j in batch.list_namespaced_job(ns).items),
+        60,
+        "every Job to succeed",
+    )
+    assert not any(j.status.failed for j in batch.list_namespaced_job(ns).items)
+    pods = client.CoreV1Api(op.api()).list_namespaced_pod(
+        ns, label_selector="kiln.dev/component=builder"
+    )
+    assert len(pods.items) == 4  # no Job ran twice
+    assert conditions(status)["Built"]["status"] == "True"
+    delete_and_wait_for_collection(op, ns, "resumed")
+
+
+def test_a_failing_export_job_ends_in_failed_with_its_reason(operator: Operator) -> None:
+    op = operator
+    ns = namespace(op, "broken")
+    apply(op, resource("broken", ns, source={"uri": "s3://kiln/models/broken/broken.pt2"}))
+    status = wait_status(op, ns, "broken", lambda s: s.get("phase") == "Failed", "phase Failed")
+    exported = conditions(status)["Exported"]
+    assert (exported["status"], exported["reason"]) == ("False", "ExportFailed")
+    assert exported["message"].startswith("exit 2: ")  # the builder's termination message
+    assert "broken.pt2" in exported["message"]
+    assert conditions(status)["Degraded"]["status"] == "True"
+    # Bad input fails the Job at once: one pod, no retries that cannot help.
+    pods = client.CoreV1Api(op.api()).list_namespaced_pod(
+        ns, label_selector="kiln.dev/stage=export"
+    )
+    assert len(pods.items) == 1
+    assert not client.AppsV1Api(op.api()).list_namespaced_deployment(ns).items
+    events = client.CoreV1Api(op.api()).list_namespaced_event(ns)
+    assert any(e.type == "Warning" and e.reason == "ExportFailed" for e in events.items)
+    delete_and_wait_for_collection(op, ns, "broken")
+
+
+def test_bad_specs_end_in_the_right_conditions(operator: Operator) -> None:
+    op = operator
+    ns = namespace(op, "invalid")
+    # What the CRD schema catches never reaches the operator: kubectl shows the server's words.
+    bad_shape = resource("shape", ns, inputs=[{"name": "image", "shape": [-1, -1, 16]}])
+    message = kubectl(op.cluster, "apply", "-f", "-", stdin=json.dumps(bad_shape), ok=False)
+    assert "spec.inputs[0].shape" in message
+    assert "only axis 0 may be -1" in message
+
+    # What only Kiln's own rules or the world outside the API server can tell, the status does.
+    apply(op, resource("nosource", ns, source={"uri": "s3://kiln/models/nope.pt2"}))
+    apply(op, resource("batch", ns, selection={"batchSize": 3}))
+    apply(op, resource("nogpu", ns, targets={"cpu": True, "gpuTypes": ["NVIDIA-B200"]}))
+
+    status = wait_status(op, ns, "nosource", lambda s: s.get("phase") == "Failed", "Failed")
+    accepted = conditions(status)["Accepted"]
+    assert (accepted["status"], accepted["reason"]) == ("False", "InvalidInput")
+    assert accepted["message"].startswith("spec.source.uri (s3://kiln/models/nope.pt2): no such")
+
+    status = wait_status(op, ns, "batch", lambda s: s.get("phase") == "Failed", "Failed")
+    accepted = conditions(status)["Accepted"]
+    assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSpec")
+    assert accepted["message"] == "spec.selection.batchSize: 3 is not one of batchSizes [1, 4]"
+
+    # A GPU type no node has degrades the resource but does not block the CPU target.
+    status = wait_status(op, ns, "nogpu", ready(), "phase Ready")
+    degraded = conditions(status)["Degraded"]
+    assert degraded["status"] == "True"
+    assert (
+        "spec.targets.gpuTypes[0]: no node has nvidia.com/gpu.product=NVIDIA-B200"
+        in (degraded["message"])
+    )
+    assert [t["name"] for t in status["targets"]] == ["cpu"]
+    assert job_names(op, ns) == set()
+    delete_and_wait_for_collection(op, ns, "nosource", "batch", "nogpu")

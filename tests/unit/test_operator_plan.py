@@ -175,6 +175,12 @@ def test_one_pinned_job_per_target_after_export() -> None:
     assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     assert pod["containers"][0]["args"][-2:] == ["--target", "NVIDIA-A10G"]
     assert gpu["spec"]["backoffLimit"] == CONFIG.backoff_limit
+    # Bad input (exit 2) fails the Job at once; a crash is retried; an eviction is not counted.
+    rules = gpu["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"] == {"containerName": "builder", "operator": "In", "values": [2]}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert pod["restartPolicy"] == "Never"  # required by podFailurePolicy
     assert p.status is not None
     assert p.status.phase is Phase.BUILDING
     assert cond(p.status, "Built").status == "False"

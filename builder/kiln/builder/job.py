@@ -18,7 +18,7 @@ from kiln.api.base import KilnModel
 from kiln.api.errors import KilnInputError
 from kiln.api.layout import RESULT_FILE
 from kiln.api.spec import OptimizedModel, Targets
-from kiln.api.status import State, TargetStatus
+from kiln.api.status import TargetStatus
 from kiln.builder.context import BuildContext
 from kiln.builder.environment import Capabilities, TargetPlan, plan_targets
 from kiln.builder.prepare import Prepared, prepare
@@ -95,7 +95,9 @@ def run_target(ctx: BuildContext, request: BuildRequest, target_name: str) -> Jo
         {"stage": "request", "target": target_name, "resultKey": status.cache_key},
         documents={RESULT_FILE: status.to_wire()},
     )
-    return JobOutcome(target_message(status), 1 if status.state is State.FAILED else 0)
+    # The result is recorded, whatever its state: the Job did its work. A FAILED target is a
+    # measurement the operator reads from storage, not a reason for Kubernetes to retry.
+    return JobOutcome(target_message(status), 0)
 
 
 def target_message(status: TargetStatus) -> dict[str, Any]:

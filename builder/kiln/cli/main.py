@@ -305,8 +305,11 @@ def build(
     cache_dir: Annotated[Path | None, typer.Option(help="local folder for downloads")] = None,
 ) -> None:
     """Run one builder Job stage (what the operator's Jobs run). Writes artifacts and results
-    to object storage and a one-line JSON summary to the termination log. Exit codes as for
-    optimize."""
+    to object storage and a one-line JSON summary to the termination log.
+
+    Exit codes: 0 the export or the target's result is recorded (its state, OK, SKIPPED or
+    FAILED, is in the summary and in storage); 2 bad input (the Job fails at once: a retry
+    cannot help); anything else is a crash, which the Job retries."""
     from kiln.builder.job import load_request, run_export, run_target, termination_text
     from kiln.builder.progress import RichReporter
 

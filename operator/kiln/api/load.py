@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+# A cross-field validator's message starts with the field it is about, relative to the model
+# it validates: `selection.batchSize: 7 is not one of ...`.
+_RELATIVE_FIELD = re.compile(r"^([A-Za-z_][\w]*(?:\[\d+\])*(?:\.[A-Za-z_]\w*(?:\[\d+\])*)*): ")
+
+
+def problem(loc: tuple[int | str, ...], msg: str) -> str:
+    """`path: message`, the path joined with the field a cross-field message names."""
+    path = field_path(loc)
+    relative = _RELATIVE_FIELD.match(msg)
+    if relative and path:
+        return f"{path}.{relative.group(1)}: {msg[relative.end() :]}"
+    return f"{path or '(document)'}: {msg}"
+
+
 def parse_document(document: Any, origin: str) -> OptimizedModel:
     if not isinstance(document, dict):
         raise KilnInputError(origin, f"expected a YAML mapping (an {OptimizedModel.__name__})")
@@ -33,8 +48,7 @@ def parse_document(document: Any, origin: str) -> OptimizedModel:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{field_path(err['loc']) or '(document)'}: {msg}")
+            problems.append(problem(err["loc"], err["msg"].removeprefix("Value error, ")))
         raise KilnInputError(origin, "invalid OptimizedModel\n  " + "\n  ".join(problems)) from None
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger("kiln.operator")
 _BUILDERS = {names.COMPONENT_LABEL: "builder", "app.kubernetes.io/managed-by": "kiln"}
 _SERVERS = {names.COMPONENT_LABEL: "server", "app.kubernetes.io/managed-by": "kiln"}
 MAX_BACKOFF = 300.0
+_WAKEUP_HANDLERS = ("_child_changed", "_nodes_changed", "_spec_changed")
 
 
 class Runtime:
@@ -92,8 +93,22 @@ def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
     )
 
 
+class _QuietWakeups(logging.Filter):
+    """Drop Kopf's "Handler succeeded" line for the wake-up handlers: they run on every watch
+    event of every Job, Deployment and Node, and would bury the lines that matter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            record.levelno <= logging.INFO
+            and message.endswith("' succeeded.")
+            and any(f"'{h}'" in message for h in _WAKEUP_HANDLERS)
+        )
+
+
 @kopf.on.startup()
 def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    logging.getLogger("kopf.objects").addFilter(_QuietWakeups())
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     # Our own Events only; Kopf's per-handler log lines would flood `kubectl describe`.
     settings.posting.level = logging.WARNING
@@ -223,6 +238,9 @@ async def _reconcile_loop(body: kopf.Body, uid: str, logger: Any, **indexes: Any
                 known = done.status
                 for kind, reason, message in done.events:
                     kopf.event(body, type=kind, reason=reason, message=message[:1000])
+                    logger.info(f"{reason}: {message}")
+                if done.wrote and done.status is not None:
+                    logger.info(f"status written: phase {done.status.get('phase')}")
                 if done.error is not None:
                     logger.warning(f"apply failed: {done.error}")
             failures = 0 if done is not None and done.error is None else failures + 1

@@ -16,6 +16,7 @@ REQUEST_DIR = "/etc/kiln/request"
 REQUEST_FILE = "request.json"
 GPU_RESOURCE = "nvidia.com/gpu"
 TERMINATION_LOG = "/dev/termination-log"
+EXIT_BAD_INPUT = 2  # `kiln build`: the request or its inputs are wrong; a retry cannot help
 
 Manifest = dict[str, Any]
 
@@ -147,6 +148,20 @@ def builder_job(
         "metadata": _meta(model, job_name, labels, **{names.REQUEST_ANNOTATION: key}),
         "spec": {
             "backoffLimit": config.backoff_limit,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "builder",
+                            "operator": "In",
+                            "values": [EXIT_BAD_INPUT],
+                        },
+                    },
+                    # An evicted or preempted pod is not the builder's fault: not counted.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
             "activeDeadlineSeconds": config.job_deadline_seconds,
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "template": {
