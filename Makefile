@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= builder,cpu,serve,operator,dev
 
-.PHONY: setup demo test lint typecheck contracts unit clean cluster-bin cluster-up cluster-down
+.PHONY: setup demo test lint typecheck contracts unit clean cluster-bin cluster-up cluster-down \
+	dev-up dev-down
 
 setup: $(STAMP)
 
@@ -43,6 +44,13 @@ cluster-up: cluster-bin
 
 cluster-down:
 	$(BIN)/python -m tests.cluster down
+
+# The same cluster with Kiln installed from manifests/, the operator running from the working
+# tree under its ServiceAccount, and the example uploaded: .kiln/examples/lipsync.yaml.
+dev-up: cluster-bin
+	$(BIN)/python -m tests.cluster dev-up
+
+dev-down: cluster-down
 
 # Every tier that needs no GPU; GPU tests report SKIPPED with their reason.
 test: lint typecheck contracts cluster-bin

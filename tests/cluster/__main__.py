@@ -1,4 +1,5 @@
-"""`python -m tests.cluster build|up|down|status` (what make cluster-bin/up/down run)."""
+"""`python -m tests.cluster build|up|dev-up|down|status` (what make cluster-bin, cluster-up,
+dev-up, cluster-down and dev-down run)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,21 @@ import sys
 import time
 from pathlib import Path
 
-from tests.cluster import binaries, cluster
+from tests.cluster import binaries, cluster, dev
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO / ".kiln" / "cluster"
 
 
+def _publish() -> None:
+    """The running cluster's kubeconfig and S3 credentials where the README says they are."""
+    shutil.copy(ROOT / "kubeconfig", REPO / ".kiln" / "kubeconfig")
+    shutil.copy(ROOT / "s3.env", REPO / ".kiln" / "s3.env")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster")
-    parser.add_argument("command", choices=["build", "up", "down", "status"])
+    parser.add_argument("command", choices=["build", "up", "dev-up", "down", "status"])
     parser.add_argument("--nodes", type=Path, default=None, help="node set YAML")
     args = parser.parse_args()
     try:
@@ -26,12 +33,14 @@ def main() -> int:
             for name, path in binaries.ensure().items():
                 print(f"{name}: {path}")
             print(f"binaries ready in {time.monotonic() - started:.1f}s")
+        elif args.command == "dev-up":
+            dev.main(ROOT, REPO / ".kiln")
+            _publish()
         elif args.command == "up":
             started = time.monotonic()
             kwargs = {"node_set": args.nodes} if args.nodes else {}
             info = cluster.up(ROOT, **kwargs)
-            shutil.copy(info.kubeconfig, REPO / ".kiln" / "kubeconfig")
-            shutil.copy(ROOT / "s3.env", REPO / ".kiln" / "s3.env")
+            _publish()
             print(f"cluster up in {time.monotonic() - started:.1f}s")
             print(
                 f"  kubectl --kubeconfig .kiln/kubeconfig get nodes  (kubectl: {info.kubectl()[0]})"

@@ -35,13 +35,22 @@ class Proc:
 
 
 class Supervisor:
-    def __init__(self, state_file: Path) -> None:
+    def __init__(self, state_file: Path, resume: bool = False) -> None:
+        """`resume`: add to the processes already recorded (the operator `make dev-up` starts
+        next to a running cluster), so one `down` stops them all."""
         self.state_file = state_file
         self.procs: list[Proc] = []
+        if resume and state_file.exists():
+            self.procs = [Proc(**p) for p in json.loads(state_file.read_text())]
         self._popen: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(
-        self, component: str, command: list[str], log: Path, env: dict[str, str] | None = None
+        self,
+        component: str,
+        command: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        inherit_env: bool = True,
     ) -> Proc:
         log.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -52,7 +61,7 @@ class Supervisor:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
-                    env={**os.environ, **(env or {})},
+                    env={**(os.environ if inherit_env else {}), **(env or {})},
                 )
         except OSError as exc:
             raise ComponentError(component, f"cannot start: {exc}", log, command) from None

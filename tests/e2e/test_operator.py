@@ -1,18 +1,17 @@
 """The operator end to end on the local cluster: real API server, real Jobs and scheduling onto
 simulated GPU nodes, real builder runs (through the executor), real S3 storage.
 
-The operator is started from the rendered manifests/ themselves: the Deployment's command, its
-ConfigMap and Secret environment, and the ServiceAccount's token (so it runs with exactly the
-RBAC that manifests/ grants, never as admin). Only the image is replaced by a local process.
+The operator is installed and started from the rendered manifests/ (tests.cluster.install):
+the Deployment's command, its ConfigMap and Secret environment, and the ServiceAccount's token,
+so it runs with exactly the RBAC that manifests/ grants, never as admin. Only the image is
+replaced by a local process.
 Each test has a namespace of its own; stored results are shared through S3, as in a cluster."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -23,12 +22,10 @@ from typing import Any
 
 import boto3
 import pytest
-import yaml
 from kubernetes import client
 
 from tests.cluster.cluster import ClusterInfo
-from tests.cluster.executor import launch
-from tests.cluster.processes import free_port
+from tests.cluster.install import OPERATOR_NAMESPACE, install, operator_command, s3_secret
 from tests.conftest import FAST_BENCHMARK, write_calibration
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -185,11 +182,8 @@ def apply(op: Operator, document: dict[str, Any]) -> None:
 def namespace(op: Operator, prefix: str) -> str:
     """A namespace of the test's own, with the S3 credentials Secret builders reference."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(op.api())
-    core.create_namespace({"metadata": {"name": name}})
-    core.create_namespaced_secret(
-        name, {"metadata": {"name": "kiln-s3"}, "stringData": op.cluster.s3_env}
-    )
+    client.CoreV1Api(op.api()).create_namespace({"metadata": {"name": name}})
+    s3_secret(op.cluster, name)
     return name
 
 
@@ -237,74 +231,14 @@ def upload_models(info: ClusterInfo, folder: Path) -> None:
     s3.put_object(Bucket=info.bucket, Key="models/broken/broken.pt2", Body=b"not a model")
 
 
-def service_account_kubeconfig(info: ClusterInfo, folder: Path) -> Path:
-    """A kubeconfig with the operator ServiceAccount's token: exactly what manifests/ grants."""
-    token = kubectl(
-        info, "create", "token", "kiln-operator", "-n", "kiln-system", "--duration=2h"
-    ).strip()
-    admin = yaml.safe_load(info.kubeconfig.read_text())
-    cluster_name = admin["clusters"][0]["name"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "sa",
-        "clusters": admin["clusters"],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": cluster_name, "user": "sa"}}],
-    }
-    path = folder / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def operator_from_manifests(
-    info: ClusterInfo, documents: list[dict[str, Any]], folder: Path
-) -> Operator:
-    """The rendered operator Deployment's container as a local process (the executor's own
-    translation of a pod: command, ConfigMap and Secret environment, mounts)."""
-    deployment = next(d for d in documents if d["kind"] == "Deployment")
-    configmaps = {
-        d["metadata"]["name"]: d.get("data", {}) for d in documents if d["kind"] == "ConfigMap"
-    }
-    template = deployment["spec"]["template"]
-    pod = {"metadata": template.get("metadata", {}), "spec": template["spec"]}
-    started = launch(pod, folder, configmaps, {"kiln-s3": info.s3_env}, Path(sys.executable).parent)
-    assert started.argv[:2] == [str(Path(sys.executable).parent / "kiln"), "operator"]
-    liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    argv = [
-        *started.argv,
-        "--kubeconfig",
-        str(service_account_kubeconfig(info, folder)),
-        "--liveness",
-        liveness,
-        "--resync-seconds",
-        "30",
-    ]
-    # Nothing of this machine's credentials: the operator gets what the manifests give it.
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
-    env = {**base, **started.env, "PYTHONUNBUFFERED": "1"}
-    return Operator(info, argv, env, folder / "operator.log", liveness)
-
-
 @pytest.fixture(scope="module")
 def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     folder = tmp_path_factory.mktemp("e2e")
-    rendered = kubectl(cluster, "kustomize", str(REPO / "manifests"))
-    documents = [d for d in yaml.safe_load_all(rendered) if d]
-    # A server-side dry run cannot create the namespace its other objects live in: apply the
-    # Namespace first, then dry-run everything, then apply for real.
-    namespaces = [d for d in documents if d["kind"] == "Namespace"]
-    kubectl(cluster, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(namespaces))
-    kubectl(cluster, "apply", "--server-side", "--dry-run=server", "-f", "-", stdin=rendered)
-    kubectl(cluster, "apply", "--server-side", "-f", "-", stdin=rendered)
-    kubectl(
-        cluster, "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"
-    )
-    client.CoreV1Api(cluster.api_client()).create_namespaced_secret(
-        "kiln-system", {"metadata": {"name": "kiln-s3"}, "stringData": cluster.s3_env}
-    )
+    documents = install(cluster)
+    s3_secret(cluster, OPERATOR_NAMESPACE)
     upload_models(cluster, folder)
-    op = operator_from_manifests(cluster, documents, folder)
+    command = operator_command(cluster, documents, folder, "--resync-seconds", "30")
+    op = Operator(cluster, command.argv, command.env, folder / "operator.log", command.liveness)
     op.start()
     try:
         yield op

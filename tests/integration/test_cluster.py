@@ -19,6 +19,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.cluster import ClusterInfo
+from tests.cluster.install import install
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CRDS = Path(__file__).parents[2] / "crds"
@@ -292,3 +293,53 @@ def test_executor_runs_builder_pods_for_real(cluster: ClusterInfo, code: int, ph
         what="the Job to finish",
     )
     assert (status.succeeded or 0, status.failed or 0) == ((1, 0) if code == 0 else (0, 1))
+
+
+def test_manifests_apply_server_side_and_grant_least_privilege(cluster: ClusterInfo) -> None:
+    """manifests/ as a user applies it (dry run, then for real), then the API server's own RBAC
+    evaluator asked what the operator's ServiceAccount may do."""
+    documents = install(cluster)
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in documents}
+    assert {
+        ("Namespace", "kiln-system"),
+        ("CustomResourceDefinition", "optimizedmodels.kiln.dev"),
+        ("ClusterRole", "kiln-operator"),
+        ("Deployment", "kiln-operator"),
+    } <= kinds
+    apps = client.AppsV1Api(cluster.api_client())
+    deploy = apps.read_namespaced_deployment("kiln-operator", "kiln-system")
+    assert deploy.spec.template.spec.service_account_name == "kiln-operator"
+    install(cluster)  # applying again changes nothing and fails nothing
+
+    sa = "system:serviceaccount:kiln-system:kiln-operator"
+
+    def can(verb: str, resource: str, ns: str = "models") -> bool:
+        kind, _, sub = resource.partition("/")
+        extra = [f"--subresource={sub}"] if sub else []
+        out = subprocess.run(
+            [*cluster.kubectl(), "auth", "can-i", verb, kind, *extra, "-n", ns, f"--as={sa}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return out.stdout.strip() == "yes"
+
+    for verb, resource in [
+        ("create", "jobs.batch"),
+        ("patch", "deployments.apps"),
+        ("patch", "deployments.apps/scale"),
+        ("create", "configmaps"),
+        ("patch", "optimizedmodels.kiln.dev/status"),
+        ("watch", "nodes"),
+        ("create", "events"),
+    ]:
+        assert can(verb, resource), f"the operator needs {verb} {resource}"
+    for verb, resource in [
+        ("get", "secrets"),  # credentials reach pods by reference only
+        ("delete", "jobs.batch"),  # children go through ownerReferences
+        ("create", "pods"),
+        ("update", "optimizedmodels.kiln.dev"),  # users own the spec
+        ("update", "optimizedmodels.kiln.dev/status"),  # status is merge-patched only
+        ("delete", "nodes"),
+    ]:
+        assert not can(verb, resource), f"the operator must not {verb} {resource}"
