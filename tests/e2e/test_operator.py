@@ -9,9 +9,12 @@ Each test has a namespace of its own; stored results are shared through S3, as i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -20,13 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
+import httpx
+import numpy as np
 import pytest
+import torch
 from kubernetes import client
 
 from tests.cluster.cluster import ClusterInfo
+from tests.cluster.executor import launch
 from tests.cluster.install import OPERATOR_NAMESPACE, install, operator_command, s3_secret
-from tests.conftest import FAST_BENCHMARK, write_calibration
+from tests.cluster.models import upload_tiny
+from tests.cluster.processes import free_port
+from tests.conftest import FAST_BENCHMARK
+from tests.fixtures.tiny_models import build
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).parents[2]
@@ -206,37 +215,12 @@ def delete_and_wait_for_collection(op: Operator, ns: str, *names: str) -> None:
     )
 
 
-def upload_models(info: ClusterInfo, folder: Path) -> None:
-    import torch
-
-    from tests.fixtures.tiny_models import build
-
-    batch = torch.export.Dim("batch", min=1, max=64)
-    program = torch.export.export(
-        build().eval(), (torch.randn(2, 3, 16, 16),), dynamic_shapes={"image": {0: batch}}
-    )
-    torch.export.save(program, str(folder / "tiny.pt2"))
-    write_calibration(folder / "calibration", 32)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=info.s3_endpoint,
-        aws_access_key_id=info.s3_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=info.s3_env["AWS_SECRET_ACCESS_KEY"],
-        region_name=info.s3_env["AWS_DEFAULT_REGION"],
-    )
-    s3.upload_file(str(folder / "tiny.pt2"), info.bucket, "models/tiny/tiny.pt2")
-    for shard in sorted((folder / "calibration").glob("*.npz")):
-        s3.upload_file(str(shard), info.bucket, f"models/tiny/calibration/{shard.name}")
-    # A source that exists but is no model: the export Job fails on it.
-    s3.put_object(Bucket=info.bucket, Key="models/broken/broken.pt2", Body=b"not a model")
-
-
 @pytest.fixture(scope="module")
 def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     folder = tmp_path_factory.mktemp("e2e")
     documents = install(cluster)
     s3_secret(cluster, OPERATOR_NAMESPACE)
-    upload_models(cluster, folder)
+    upload_tiny(cluster, folder)
     command = operator_command(cluster, documents, folder, "--resync-seconds", "30")
     op = Operator(cluster, command.argv, command.env, folder / "operator.log", command.liveness)
     op.start()
@@ -247,7 +231,45 @@ def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> 
         print(op.log.read_text(errors="replace")[-5000:])
 
 
-def test_apply_to_ready_then_reselect_then_delete(operator: Operator) -> None:
+@contextlib.contextmanager
+def serve_like_the_deployment(
+    op: Operator, ns: str, name: str, folder: Path
+) -> Iterator[tuple[str, str]]:
+    """Run the container of the Deployment the operator rendered, as a kubelet would (its
+    command, and its environment from the referenced Secret), on a free local port; yield the
+    base URL and the engine key it was told to serve. The cluster's own server pods are made
+    Running by kwok, so this is where `kiln serve` runs for real."""
+    deploy = client.AppsV1Api(op.api()).read_namespaced_deployment(name, ns)
+    template = op.api().sanitize_for_serialization(deploy.spec.template)
+    pod = {"metadata": template["metadata"], "spec": template["spec"]}
+    started = launch(pod, folder, {}, {"kiln-s3": op.cluster.s3_env}, Path(sys.executable).parent)
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {**base, **started.env, "XDG_CACHE_HOME": str(folder / "cache")}
+    # The pod listens on 0.0.0.0:8080; here, loopback and a free port (the last flag wins).
+    argv = [*started.argv, "--host", "127.0.0.1", "--port", str(port)]
+    log = (folder / "server.log").open("wb")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, (folder / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.3)
+        yield url, template["metadata"]["annotations"]["kiln.dev/engine-key"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: Path) -> None:
     op = operator
     ns = namespace(op, "ready")
     apply(op, resource("tiny", ns))
@@ -290,6 +312,31 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator) -> None:
     )
     assert obj["metadata"]["finalizers"] == ["kiln.dev/finalizer"]
     assert not [a for a in obj["metadata"].get("annotations", {}) if a.startswith("kiln.dev")]
+
+    # What the Deployment runs serves the selected engine, with the Secret's credentials.
+    with serve_like_the_deployment(op, ns, "tiny-cpu", tmp_path) as (url, engine):
+        assert engine == cpu["cacheKey"]
+        meta = httpx.get(f"{url}/v2/models/tiny", timeout=5).json()
+        assert meta["versions"] == [cpu["cacheKey"]]
+        assert meta["platform"] == cpu["selected"]
+        image = np.random.default_rng(5).standard_normal((3, 3, 16, 16)).astype(np.float32)
+        request = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [3, 3, 16, 16],
+                    "datatype": "FP32",
+                    "data": image.ravel().tolist(),
+                }
+            ]
+        }
+        answer = httpx.post(f"{url}/v2/models/tiny/infer", json=request, timeout=30)
+        assert answer.status_code == 200, answer.text
+        (output,) = answer.json()["outputs"]
+        got = np.asarray(output["data"], np.float32).reshape(output["shape"])
+        with torch.no_grad():
+            expected = build().eval()(torch.from_numpy(image)).numpy()  # the uploaded model
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
     jobs_before = job_names(op, ns)
     assert len(jobs_before) == 5  # one export + one per target
