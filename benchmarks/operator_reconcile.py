@@ -47,16 +47,9 @@ from tests.cluster.install import (  # noqa: E402
     s3_secret,
 )
 from tests.cluster.models import upload_tiny  # noqa: E402
+from tests.conftest import FAST_BENCHMARK  # noqa: E402
 
 GROUP, VERSION, PLURAL = "kiln.dev", "v1alpha1", "optimizedmodels"
-FAST_BENCHMARK = {
-    "warmupIterations": 2,
-    "windowIterations": 5,
-    "minWindows": 2,
-    "maxWindows": 4,
-    "maxSeconds": 1.0,
-    "threads": 1,
-}
 
 
 def spec(uris: dict[str, str], min_speedup: float = 0.01) -> dict[str, Any]:

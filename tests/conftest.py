@@ -33,15 +33,9 @@ class S3Server:
     env: dict[str, str]
 
     def client(self) -> Any:
-        import boto3
+        from tests.cluster.cluster import s3_client
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-            region_name=self.env["AWS_DEFAULT_REGION"],
-        )
+        return s3_client(self.endpoint, self.env)
 
 
 @pytest.fixture(scope="session")

@@ -263,17 +263,21 @@ def up(root: Path, node_set: Path | None = nodes.DEFAULT_SET, executor: bool = T
         raise
 
 
-def _create_bucket(env: dict[str, str]) -> None:
+def s3_client(endpoint: str, env: dict[str, str]) -> Any:
+    """A boto3 S3 client for the harness's S3 server with the given credentials."""
     import boto3
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
+        endpoint_url=endpoint,
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name=env["AWS_DEFAULT_REGION"],
     )
-    client.create_bucket(Bucket=BUCKET)
+
+
+def _create_bucket(env: dict[str, str]) -> None:
+    s3_client(env["AWS_ENDPOINT_URL"], env).create_bucket(Bucket=BUCKET)
 
 
 def down(root: Path) -> list[str]:

@@ -4,24 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from tests.cluster.cluster import ClusterInfo
+from tests.cluster.cluster import ClusterInfo, s3_client
 
 TINY_PREFIX = "models/tiny"
 BROKEN_PREFIX = "models/broken"
-
-
-def s3_client(info: ClusterInfo) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=info.s3_endpoint,
-        aws_access_key_id=info.s3_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=info.s3_env["AWS_SECRET_ACCESS_KEY"],
-        region_name=info.s3_env["AWS_DEFAULT_REGION"],
-    )
 
 
 def upload_tiny(info: ClusterInfo, folder: Path) -> dict[str, str]:
@@ -38,7 +25,7 @@ def upload_tiny(info: ClusterInfo, folder: Path) -> dict[str, str]:
     )
     torch.export.save(program, str(folder / "tiny.pt2"))
     write_calibration(folder / "calibration", 32)
-    s3 = s3_client(info)
+    s3 = s3_client(info.s3_endpoint, info.s3_env)
     s3.upload_file(str(folder / "tiny.pt2"), info.bucket, f"{TINY_PREFIX}/tiny.pt2")
     for shard in sorted((folder / "calibration").glob("*.npz")):
         s3.upload_file(str(shard), info.bucket, f"{TINY_PREFIX}/calibration/{shard.name}")

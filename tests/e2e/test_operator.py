@@ -196,6 +196,14 @@ def namespace(op: Operator, prefix: str) -> str:
     return name
 
 
+def ready_from_storage(op: Operator, ns: str, name: str) -> dict[str, Any]:
+    """Apply the spec a resource built before and see it Ready without a single Job."""
+    apply(op, resource(name, ns))
+    status = wait_status(op, ns, name, ready(), "phase Ready")
+    assert job_names(op, ns) == set()
+    return status
+
+
 def job_names(op: Operator, ns: str) -> set[str]:
     return {j.metadata.name for j in client.BatchV1Api(op.api()).list_namespaced_job(ns).items}
 
@@ -367,9 +375,7 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: 
 def test_stored_results_mean_no_job_at_all(operator: Operator) -> None:
     op = operator
     ns = namespace(op, "stored")
-    apply(op, resource("again", ns))  # the same model and spec as a resource built before
-    status = wait_status(op, ns, "again", ready(), "phase Ready")
-    assert job_names(op, ns) == set()
+    status = ready_from_storage(op, ns, "again")
     cpu = next(t for t in status["targets"] if t["name"] == "cpu")
     assert cpu["readyReplicas"] == 1
     delete_and_wait_for_collection(op, ns, "again")
@@ -378,9 +384,7 @@ def test_stored_results_mean_no_job_at_all(operator: Operator) -> None:
 def test_a_new_gpu_type_is_built_for_and_a_vanished_one_goes_stale(operator: Operator) -> None:
     op = operator
     ns = namespace(op, "nodes")
-    apply(op, resource("fleet", ns))
-    wait_status(op, ns, "fleet", ready(), "phase Ready")
-    assert job_names(op, ns) == set()
+    ready_from_storage(op, ns, "fleet")
 
     (node,) = op.cluster.add_nodes(
         [
@@ -422,9 +426,7 @@ def test_a_new_gpu_type_is_built_for_and_a_vanished_one_goes_stale(operator: Ope
 def test_a_spec_change_rebuilds_only_what_it_changes(operator: Operator) -> None:
     op = operator
     ns = namespace(op, "change")
-    apply(op, resource("tuned", ns))
-    wait_status(op, ns, "tuned", ready(), "phase Ready")
-    assert job_names(op, ns) == set()
+    ready_from_storage(op, ns, "tuned")
 
     # The accuracy check is part of each target's measurement, not of the export.
     apply(op, resource("tuned", ns, accuracy={"samples": 3, "int8MaxDegradation": 0.2}))

@@ -38,7 +38,6 @@ from kiln.operator.reconcile import PLURAL, Deps, Pass, reconcile_once
 from kiln.operator.wakeups import Wakeups, sleep_until_woken
 from kiln.storage.objects import Storage
 
-log = logging.getLogger("kiln.operator")
 _BUILDERS = {names.COMPONENT_LABEL: "builder", "app.kubernetes.io/managed-by": "kiln"}
 _SERVERS = {names.COMPONENT_LABEL: "server", "app.kubernetes.io/managed-by": "kiln"}
 MAX_BACKOFF = 300.0

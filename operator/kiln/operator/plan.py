@@ -131,17 +131,7 @@ def plan(observed: Observed, config: OperatorConfig) -> Plan:
         conds = set_condition(conds, type_, ok, reason, message, gen, observed.now)
 
     def finish(phase: Phase, targets: list[TargetStatus], message: str | None = None) -> Plan:
-        status = OptimizedModelStatus(
-            phase=phase,
-            observed_generation=gen,
-            message=message,
-            targets=targets,
-            conditions=conds,
-            model_digest=observed.status.model_digest if observed.status else None,
-            summary=summary_of(targets) if targets else message,
-            **headline(targets),
-        )
-        out.status = status
+        out.status = resource_status(observed.status, phase, gen, targets, conds, message)
         out.events += transition_events(old, conds)
         return out
 
@@ -321,6 +311,28 @@ def plan(observed: Observed, config: OperatorConfig) -> Plan:
     return finish(phase, targets)
 
 
+def resource_status(
+    previous: OptimizedModelStatus | None,
+    phase: Phase,
+    generation: int | None,
+    targets: list[TargetStatus],
+    conditions: list[Condition],
+    message: str | None = None,
+    summary: str | None = None,
+) -> OptimizedModelStatus:
+    """The whole status: the headline columns and the one-line summary follow the targets."""
+    return OptimizedModelStatus(
+        phase=phase,
+        observed_generation=generation,
+        message=message,
+        targets=targets,
+        conditions=conditions,
+        model_digest=previous.model_digest if previous else None,
+        summary=summary or (summary_of(targets) if targets else message),
+        **headline(targets),
+    )
+
+
 def transition_events(
     before: list[Condition], after: list[Condition]
 ) -> list[tuple[str, str, str]]:
@@ -344,19 +356,8 @@ def rejected(status: dict[str, Any] | None, generation: int | None, message: str
     conds = set_condition(old, "Accepted", False, "InvalidSpec", message, generation, now)
     conds = set_condition(conds, "Degraded", True, "InvalidSpec", message, generation, now)
     targets = current.targets if current else []
-    out = Plan(requeue_after=None)
-    out.status = OptimizedModelStatus(
-        phase=Phase.FAILED,
-        observed_generation=generation,
-        message=message,
-        summary=message,
-        targets=targets,
-        conditions=conds,
-        model_digest=current.model_digest if current else None,
-        **headline(targets),
-    )
-    out.events = transition_events(old, conds)
-    return out
+    failed = resource_status(current, Phase.FAILED, generation, targets, conds, message, message)
+    return Plan(status=failed, events=transition_events(old, conds))
 
 
 def with_apply_error(
@@ -393,7 +394,3 @@ def _degraded(cond: Any, problems: list[str]) -> None:
         cond("Degraded", True, "Problems", "; ".join(problems))
     else:
         cond("Degraded", False, "AsExpected", "no problems")
-
-
-def conditions_by_type(conditions: list[Condition]) -> dict[str, Condition]:
-    return {c.type: c for c in conditions}
