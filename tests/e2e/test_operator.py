@@ -344,7 +344,12 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: 
         got = np.asarray(output["data"], np.float32).reshape(output["shape"])
         with torch.no_grad():
             expected = build().eval()(torch.from_numpy(image)).numpy()  # the uploaded model
-        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+        # The gate the served candidate passed: element-wise for FP32, relative L2 for INT8.
+        if selected["precision"] == "int8":
+            error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+            assert error <= 0.2, f"relative L2 error {error:.3f} over int8MaxDegradation"
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
     jobs_before = job_names(op, ns)
     assert len(jobs_before) == 5  # one export + one per target
