@@ -139,7 +139,13 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    # A process whose parent is gone (`make cluster-down` runs in a new process) stays a zombie
+    # until init reaps it, and not every init does: a zombie has stopped all the same.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
