@@ -29,9 +29,16 @@ import pytest
 import torch
 from kubernetes import client
 
+from tests.cluster.binaries import ComponentError
 from tests.cluster.cluster import ClusterInfo
 from tests.cluster.executor import launch
-from tests.cluster.install import OPERATOR_NAMESPACE, install, operator_command, s3_secret
+from tests.cluster.install import (
+    OPERATOR_NAMESPACE,
+    install,
+    kubectl,
+    operator_command,
+    s3_secret,
+)
 from tests.cluster.models import upload_tiny
 from tests.cluster.processes import free_port
 from tests.conftest import FAST_BENCHMARK
@@ -42,17 +49,6 @@ REPO = Path(__file__).parents[2]
 GROUP, VERSION, PLURAL = "kiln.dev", "v1alpha1", "optimizedmodels"
 GPU_TYPES = {"NVIDIA-H100-80GB-HBM3", "NVIDIA-A10G", "NVIDIA-L4"}
 MODEL = "s3://kiln/models/tiny/tiny.pt2"
-
-
-def kubectl(info: ClusterInfo, *args: str, stdin: str | None = None, ok: bool = True) -> str:
-    proc = subprocess.run(
-        [*info.kubectl(), *args], input=stdin, capture_output=True, text=True, check=False
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-    assert proc.returncode != 0, proc.stdout
-    return proc.stderr
 
 
 @dataclass
@@ -504,7 +500,9 @@ def test_bad_specs_end_in_the_right_conditions(operator: Operator) -> None:
     ns = namespace(op, "invalid")
     # What the CRD schema catches never reaches the operator: kubectl shows the server's words.
     bad_shape = resource("shape", ns, inputs=[{"name": "image", "shape": [-1, -1, 16]}])
-    message = kubectl(op.cluster, "apply", "-f", "-", stdin=json.dumps(bad_shape), ok=False)
+    with pytest.raises(ComponentError) as refused:
+        kubectl(op.cluster, "apply", "-f", "-", stdin=json.dumps(bad_shape))
+    message = str(refused.value)
     assert "spec.inputs[0].shape" in message
     assert "only axis 0 may be -1" in message
 

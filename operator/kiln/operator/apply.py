@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.operator.observe import TIMEOUT
 from kiln.operator.plan import Manifest, Plan
 
 FIELD_MANAGER = "kiln-operator"
+TIMEOUT = 30  # seconds for every API call: a hung API server must not hang the operator
 _APPLY = "application/apply-patch+yaml"
 
 

@@ -154,8 +154,7 @@ async def _child_changed(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("", "v1", "nodes")
 async def _nodes_changed(**kwargs: Any) -> None:
-    gpu_nodes: kopf.Index[str, str] = kwargs["gpu_nodes"]
-    types = frozenset(k for k, nodes in gpu_nodes.items() if len(nodes))
+    types = frozenset(gpu_type_counts(kwargs["gpu_nodes"]))
     if types != Runtime.gpu_types:
         Runtime.gpu_types = types
         Runtime.wakeups.poke_all()  # a GPU type came or went: every resource has a new target
@@ -183,6 +182,11 @@ def _document(body: kopf.Body) -> dict[str, Any]:
     }
 
 
+def gpu_type_counts(nodes: kopf.Index[str, str]) -> dict[str, int]:
+    """GPU type -> nodes carrying it (a type whose last node left has an empty store)."""
+    return dict(sorted((k, len(v)) for k, v in nodes.items() if len(v)))
+
+
 def _view(
     uid: str,
     nodes: kopf.Index[str, str],
@@ -190,7 +194,7 @@ def _view(
     deployments: kopf.Index[str, Any],
 ) -> ClusterView:
     return ClusterView(
-        gpu_types=dict(sorted((k, len(v)) for k, v in nodes.items() if len(v))),
+        gpu_types=gpu_type_counts(nodes),
         jobs={j.name: j for j in jobs.get(uid, [])},
         deployments={d.name: d for d in deployments.get(uid, [])},
     )

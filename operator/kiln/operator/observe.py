@@ -34,8 +34,6 @@ from kiln.operator.plan import (
 from kiln.storage.artifacts import ArtifactStore
 from kiln.storage.objects import Location, Storage, parse_uri
 
-TIMEOUT = 30  # seconds for every API call: a hung API server must not hang the operator
-
 
 @dataclass(frozen=True)
 class ClusterView:

@@ -12,10 +12,10 @@ from typing import Any
 from kiln.api.errors import KilnInputError
 from kiln.api.load import parse_document
 from kiln.api.spec import API_GROUP, API_VERSION
-from kiln.operator.apply import Clients, apply_plan, status_patch
+from kiln.operator.apply import TIMEOUT, Clients, apply_plan, status_patch
 from kiln.operator.children import failed_pod_message
 from kiln.operator.config import OperatorConfig
-from kiln.operator.observe import TIMEOUT, ClusterView, StoredResults, observe
+from kiln.operator.observe import ClusterView, StoredResults, observe
 from kiln.operator.plan import Plan, parse_status, plan, rejected, with_apply_error
 
 PLURAL = "optimizedmodels"
