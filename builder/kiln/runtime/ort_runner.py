@@ -11,19 +11,12 @@ import onnxruntime as ort
 from kiln.runtime.base import Array, Feeds
 
 
-def available_providers() -> list[str]:
-    return list(ort.get_available_providers())
-
-
-def session_options(threads: int | None, optimized_path: Path | None = None) -> Any:
+def session_options(threads: int | None) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    if optimized_path is not None:
-        # Saving the optimized graph is the ORT "engine build": it is what a server loads.
-        options.optimized_model_filepath = str(optimized_path)
     return options
 
 

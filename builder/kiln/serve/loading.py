@@ -89,7 +89,8 @@ def from_result(
         raise KilnInputError(
             "--result", f"folder key {key!r} is not the expected --cache-key {cache_key!r}"
         )
-    store = ArtifactStore(storage, Location(loc.scheme, loc.bucket, root_key), Path("/tmp"))
+    # Only manifests and JSON are read here, so the store needs no download folder.
+    store = ArtifactStore(storage, Location(loc.scheme, loc.bucket, root_key))
     if store.manifest(key) is None:
         raise KilnInputError("--result", f"{uri} is not a complete result (no manifest)")
     target = TargetStatus.model_validate(store.read_json(key, RESULT_FILE))

@@ -2,6 +2,10 @@
 
 The manifest is written last, after every file it lists, so an interrupted build leaves a
 folder without a manifest, which is never reported as built and is simply rebuilt next time.
+
+Reading manifests and JSON documents needs no local folder; only `fetch` of an object that is
+not already a local file does, so a reader that never downloads (the operator, a server
+loading its result) builds the store without one.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiln.storage.objects import Location, Storage
+from kiln.storage.objects import Location, ObjectStorage
 
 MANIFEST = "manifest.json"
 
@@ -26,7 +30,9 @@ def file_digest(path: Path) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, storage: Storage, root: Location, cache_dir: Path) -> None:
+    def __init__(
+        self, storage: ObjectStorage, root: Location, cache_dir: Path | None = None
+    ) -> None:
         self.storage = storage
         self.root = root
         self.cache_dir = cache_dir
@@ -70,7 +76,8 @@ class ArtifactStore:
         return manifest
 
     def fetch(self, key: str, name: str) -> Path:
-        """A local copy of one file, checked against the digest the manifest recorded."""
+        """A local copy of one file, checked against the digest the manifest recorded.
+        Raises RuntimeError when the file must be downloaded and the store has no cache_dir."""
         path = self.storage.fetch(self.location(key, name), self.cache_dir)
         manifest = self.manifest(key)
         expected = (manifest or {}).get("files", {}).get(name)
