@@ -1,12 +1,24 @@
 """The operator's pure pieces around the plan: what it keeps of watched objects, the status merge
-patch, invalid specs and refused writes on the status, the loop's timing, and wake-ups."""
+patch, invalid specs and refused writes on the status, the loop's timing, and wake-ups; and the
+wiring around them: the context Kopf hands every handler, and the wake-ups its indexes carry."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import kopf
+import pytest
+from kopf._core.actions.loggers import TerseObjectLogger
+from kopf._core.engines import indexing
+from typer.testing import CliRunner
+
 from kiln.api.status import Condition, OptimizedModelStatus, Phase
+from kiln.operator import handlers, startup
 from kiln.operator.apply import status_patch
 from kiln.operator.children import (
     controller_uid,
@@ -16,10 +28,10 @@ from kiln.operator.children import (
     job_state,
 )
 from kiln.operator.config import OperatorConfig
-from kiln.operator.handlers import next_delay
+from kiln.operator.handlers import OperatorContext, gpu_types_after, next_delay
 from kiln.operator.plan import Plan, rejected, with_apply_error
 from kiln.operator.reconcile import Pass, api_error_message
-from kiln.operator.wakeups import Wakeups, sleep_until_woken
+from kiln.operator.wakeups import LastSeen, Wakeups, sleep_until_woken
 
 NOW = "2026-11-24T00:00:00Z"
 LATER = "2026-11-24T00:05:00Z"
@@ -45,7 +57,7 @@ def test_children_are_reduced_to_what_the_plan_reads() -> None:
         },
     }
     state = job_state(job)
-    assert (state.name, state.failed, state.succeeded) == ("m-build-cpu-1", True, False)
+    assert (state.name, state.failed) == ("m-build-cpu-1", True)
     assert state.message == "BackoffLimitExceeded: x"
     assert controller_uid(job) == "u1"
     assert controller_uid({"metadata": owned("u2", controller=False)}) is None
@@ -176,3 +188,204 @@ def test_wakeups_reach_only_registered_loops_and_are_not_lost() -> None:
         assert len(wakeups) == 1
 
     asyncio.run(scenario())
+
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: secret-token}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Iterator[OperatorContext]:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    built = startup.build_context(OperatorConfig(workers=3), kubeconfig)
+    yield built
+    built.executor.shutdown()
+
+
+def kopf_call(handler: object, **kwargs: Any) -> Any:
+    """Call a handler by keyword, as Kopf does. (Kopf's decorators type a handler as its
+    callback protocol, which names every keyword Kopf passes.)"""
+    assert callable(handler)
+    return handler(**kwargs)
+
+
+def body(raw: Any) -> kopf.Body:
+    return kopf.Body(raw)
+
+
+def job(owner: str, name: str = "m-build-cpu-1") -> kopf.Body:
+    labels = {"kiln.dev/component": "builder", "app.kubernetes.io/managed-by": "kiln"}
+    metadata = {"name": name, "namespace": "ns", "uid": f"uid-{name}", "labels": labels}
+    return body({"metadata": {**metadata, **owned(owner)}, "status": {}})
+
+
+def node(name: str, product: str | None) -> kopf.Body:
+    labels = {"nvidia.com/gpu.product": product} if product else {}
+    return body({"metadata": {"name": name, "uid": f"uid-{name}", "labels": labels}})
+
+
+def resource_at(generation: int, observed: int) -> kopf.Body:
+    status = {"observedGeneration": observed}
+    return body({"metadata": {"generation": generation}, "status": status})
+
+
+def test_one_context_is_built_and_every_handler_reads_it_from_the_memo(
+    context: OperatorContext,
+) -> None:
+    assert context.config.workers == 3
+    assert context.deps.config is context.config
+    assert context.executor._max_workers == 3
+    # One API connection per reconcile thread, and a spare or two.
+    assert context.deps.clients.core.api_client.configuration.connection_pool_maxsize == 5
+    memo = context.memo()
+    # Kopf gives each object a shallow copy of the memo: the same context, never a new one.
+    assert OperatorContext.of(copy.copy(memo)) is context
+    info = kopf_call(handlers._login, settings=kopf.OperatorSettings(), memo=memo)
+    assert (info.server, info.token) == ("https://127.0.0.1:6443", "secret-token")
+    context.wakeups.register("a")
+    assert asyncio.run(kopf_call(handlers._loops, memo=memo)) == 1
+    with pytest.raises(TypeError, match="without the operator's context"):
+        OperatorContext.of(kopf.Memo())
+
+
+def test_run_hands_kopf_the_context_and_stops_the_workers_after(
+    context: OperatorContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: dict[str, Any] = {}
+    monkeypatch.setattr(kopf, "configure", lambda **kwargs: None)
+    monkeypatch.setattr(kopf, "run", lambda **kwargs: calls.update(kwargs))
+    startup.run(context, ["a", "b"], "http://0.0.0.0:8081/healthz")
+    assert OperatorContext.of(calls["memo"]) is context
+    assert (calls["clusterwide"], calls["namespaces"]) == (False, ["a", "b"])
+    assert context.executor._shutdown
+
+
+def test_the_command_leaves_the_defaults_to_the_operator_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kiln.cli.main import app
+
+    got: dict[str, Any] = {}
+    monkeypatch.setattr(startup, "build_context", lambda config, kubeconfig: config)
+    monkeypatch.setattr(startup, "run", lambda config, namespaces, *_: got.update(c=config))
+    for var in ("BUILDER_IMAGE", "SERVER_IMAGE", "GPU_LABEL", "RESYNC_SECONDS", "WORKERS"):
+        monkeypatch.delenv(f"KILN_{var}", raising=False)
+    result = CliRunner().invoke(app, ["operator"])
+    assert result.exit_code == 0, result.output
+    assert got["c"] == OperatorConfig()
+    result = CliRunner().invoke(app, ["operator", "--workers", "3", "--gpu-label", "gpu"])
+    assert result.exit_code == 0, result.output
+    assert got["c"] == OperatorConfig(workers=3, gpu_label="gpu")
+
+
+def test_gpu_types_after_a_node_event_keep_a_type_while_any_node_carries_it() -> None:
+    nodes = {"L4": ["n1", "n2"], "T4": ["n3"]}
+    assert gpu_types_after(nodes, "n4", None) == {"L4", "T4"}  # a CPU node: nothing changes
+    assert gpu_types_after(nodes, "n4", "A100") == {"A100", "L4", "T4"}
+    assert gpu_types_after(nodes, "n1", None) == {"L4", "T4"}  # n2 still carries L4
+    assert gpu_types_after(nodes, "n3", None) == {"L4"}  # T4's last node lost its label
+    assert gpu_types_after(nodes, "n3", "A100") == {"A100", "L4"}  # ... or changed it
+    assert gpu_types_after(nodes, "n3", "T4") == {"L4", "T4"}  # a heartbeat
+    last = LastSeen(frozenset({"L4"}))
+    assert not last.update(frozenset({"L4"}))
+    assert last.update(frozenset({"L4", "T4"}))
+    assert not last.update(frozenset({"L4", "T4"}))
+
+
+def test_watch_events_wake_exactly_the_loops_they_concern(context: OperatorContext) -> None:
+    memo = context.memo()
+
+    async def index(handler: object, **kwargs: Any) -> Any:
+        return await kopf_call(handler, memo=memo, **kwargs)
+
+    async def scenario() -> None:
+        a, b = context.wakeups.register("a"), context.wakeups.register("b")
+        # A Job or Deployment event wakes its owner only; an orphan wakes nobody.
+        assert await index(handlers.builder_jobs, body=job("a")) == {"a": job_state(job("a"))}
+        assert (a.is_set(), b.is_set()) == (True, False)
+        a.clear()
+        orphan = body({"metadata": {"name": "x", "labels": {}}})
+        assert await index(handlers.server_deployments, body=orphan) == {}
+        await index(handlers._child_deleted, body=job("b"))
+        assert (a.is_set(), b.is_set()) == (False, True)
+        b.clear()
+
+        # A spec change wakes its loop; the status the loop writes does not.
+        await index(handlers.spec_changes, body=resource_at(2, 1), uid="a")
+        assert a.is_set()
+        a.clear()
+        await index(handlers.spec_changes, body=resource_at(2, 2), uid="a")
+        assert not a.is_set()
+
+        # Only a change of the set of GPU types wakes every loop.
+        gpu = await index(handlers.gpu_nodes, body=node("n1", "L4"), name="n1", gpu_nodes={})
+        assert gpu == {"L4": "n1"}
+        assert (a.is_set(), b.is_set()) == (True, True)
+        a.clear()
+        b.clear()
+        nodes = {"L4": ["n1"]}
+        await index(handlers.gpu_nodes, body=node("n1", "L4"), name="n1", gpu_nodes=nodes)
+        await index(handlers.gpu_nodes, body=node("n2", "L4"), name="n2", gpu_nodes=nodes)
+        # {} and not None: for None, Kopf would keep the node's earlier entry.
+        cpu = await index(handlers.gpu_nodes, body=node("c1", None), name="c1", gpu_nodes=nodes)
+        assert cpu == {}
+        assert (a.is_set(), b.is_set()) == (False, False)
+        await index(handlers._node_deleted, gpu_nodes={})  # L4's last node is gone
+        assert (a.is_set(), b.is_set()) == (True, True)
+
+    asyncio.run(scenario())
+
+
+def test_a_poke_from_an_index_reaches_a_loop_after_the_store_and_logs_nothing(
+    context: OperatorContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The indexing function pokes before Kopf stores its result; the woken loop must still read
+    the new entry. And Kopf logs an indexing function's success only below INFO (verbose mode),
+    which is why the wake-ups ride on them. Runs Kopf's own indexing step, so a Kopf release
+    that changes either fails here."""
+    registry = kopf.get_default_registry()
+    settings = kopf.OperatorSettings()
+    indexers = indexing.OperatorIndexers()
+    indexers.ensure(registry._indexing.get_all_handlers())
+    resource = kopf.Resource("batch", "v1", "jobs", kind="Job", namespaced=True)
+    child = job("a")
+    event: Any = {"type": "MODIFIED", "object": dict(child)}
+    memo: Any = context.memo()
+
+    async def scenario() -> list[str]:
+        wake = context.wakeups.register("a")
+        seen: list[str] = []
+
+        async def loop() -> None:
+            await wake.wait()
+            seen.extend(j.name for j in indexers.indices["builder_jobs"].get("a", []))
+
+        task = asyncio.create_task(loop())
+        await asyncio.sleep(0)  # the loop is asleep
+        await indexing.index_resource(
+            indexers=indexers,
+            registry=registry,
+            settings=settings,
+            resource=resource,
+            raw_event=event,
+            memory=indexing.IndexingMemory(),
+            logger=TerseObjectLogger(body=child, settings=settings),
+            memo=memo,
+            body=child,
+        )
+        await asyncio.wait_for(task, 5)
+        return seen
+
+    caplog.set_level(logging.INFO)
+    assert asyncio.run(scenario()) == ["m-build-cpu-1"]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("kopf")] == []
+    caplog.set_level(logging.DEBUG)  # what `kopf run --verbose` would show
+    asyncio.run(scenario())
+    assert "Indexer 'builder_jobs' succeeded." in caplog.messages

@@ -1,16 +1,19 @@
-"""Operator settings: flags of `kiln operator`, or KILN_* environment variables."""
+"""Operator settings: flags of `kiln operator`, or KILN_* environment variables.
+
+The defaults live here only: the command passes on what was given and leaves the rest to them.
+(The namespaces to watch are no setting of a pass: they go to `kopf.run`.)"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from kiln.api.version import DEFAULT_IMAGE
 from kiln.operator.targets import DEFAULT_GPU_LABEL
 
 
 class OperatorConfig(BaseModel):
-    builder_image: str = "kiln-builder:0.1.0"
-    server_image: str = "kiln-builder:0.1.0"
-    namespace: str | None = Field(default=None, description="watch one namespace; None = all")
+    builder_image: str = DEFAULT_IMAGE
+    server_image: str = DEFAULT_IMAGE
     gpu_label: str = DEFAULT_GPU_LABEL
     artifacts_uri: str | None = Field(
         default=None, description="artifact store for specs that name none (s3://bucket/prefix)"

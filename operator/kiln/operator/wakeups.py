@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class Wakeups:
@@ -30,6 +33,21 @@ class Wakeups:
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+class LastSeen(Generic[T]):
+    """The last value of a cluster-wide input that every loop reads (the set of GPU types), so
+    that only a change of it wakes them all: a watch event that leaves it as it was (a node's
+    heartbeat, a second node of a known type) must not cost every resource a pass."""
+
+    def __init__(self, initial: T) -> None:
+        self._value = initial
+
+    def update(self, value: T) -> bool:
+        """Remember `value`; True when it differs from the one seen before."""
+        changed = value != self._value
+        self._value = value
+        return changed
 
 
 async def sleep_until_woken(event: asyncio.Event, seconds: float) -> bool:
