@@ -1,5 +1,6 @@
-"""Every bad input ends in one clear message naming the field or file, exit code 2, and no
-artifact marked as built (no manifest.json anywhere in the artifact store)."""
+"""Every bad input ends in one clear message naming the field or file, exit code 2 (3 for
+storage that cannot be reached: transient, try again), and no artifact marked as built (no
+manifest.json anywhere in the artifact store)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.conftest import TinyExample, free_port, tiny_spec, write_calibration
 pytestmark = pytest.mark.slow
 
 
-def fails_with(tiny: TinyExample, spec: dict[str, Any], *expected: str) -> str:
+def fails_with(tiny: TinyExample, spec: dict[str, Any], *expected: str, code: int = 2) -> str:
     tiny.write_spec(spec)
     result = CliRunner().invoke(
         app,
@@ -25,7 +26,7 @@ def fails_with(tiny: TinyExample, spec: dict[str, Any], *expected: str) -> str:
     )
     # Libraries may warn on stderr too; the error itself is exactly one line of its own.
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert result.exit_code == 2, result.stderr
+    assert result.exit_code == code, result.stderr
     assert len(errors) == 1, result.stderr
     message = result.stderr[result.stderr.index("error: ") :]  # with its indented details
     for text in expected:
@@ -171,6 +172,7 @@ def test_unreachable_storage_endpoint(tiny: TinyExample, monkeypatch: pytest.Mon
         tiny,
         tiny_spec(source={"uri": "s3://models/tiny/weights.pt", "factory": "tiny_models:build"}),
         "spec.source.uri (s3://models/tiny/weights.pt): cannot reach the S3 endpoint " + endpoint,
+        code=3,  # an outage, not bad input: retried by a Job, never a failed resource
     )
 
 

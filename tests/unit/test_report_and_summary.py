@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from kiln.api.phase import results_phase as phase_of
 from kiln.api.spec import Backend, Precision
 from kiln.api.status import (
     AccuracyResult,
@@ -11,7 +12,7 @@ from kiln.api.status import (
     State,
     TargetStatus,
 )
-from kiln.api.summary import headline, phase_of, summary_of
+from kiln.api.summary import headline, summary_of
 from kiln.builder.report import render_html, render_markdown, rows
 
 LAT = Latency(p50=5, p90=6, p99=7, mean=5.5)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from kiln.api.errors import KilnInputError
+from kiln.api.errors import KilnError
 from kiln.api.spec import OptimizedModel, OptimizedModelSpec
 from kiln.builder.progress import Reporter
 from kiln.storage.artifacts import ArtifactStore
@@ -39,13 +39,14 @@ class BuildContext:
 
 @contextmanager
 def named(field: str) -> Iterator[None]:
-    """Prefix input errors raised inside with the spec field they came from."""
+    """Prefix Kiln errors raised inside (bad input or storage outages) with the spec field
+    they came from, keeping their kind."""
     try:
         yield
-    except KilnInputError as exc:
+    except KilnError as exc:
         if exc.where.startswith("spec."):
             raise
-        raise KilnInputError(f"{field} ({exc.where})", exc.message) from None
+        raise exc.renamed(f"{field} ({exc.where})") from None
 
 
 def guarded(field: str, fn: Callable[[], T]) -> T:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kiln.api.spec import Backend, Precision
+from kiln.api.fp16 import wants_fp16
+from kiln.api.phase import result_phase, results_phase
 from kiln.api.status import OptimizedModelStatus, Phase, State, TargetStatus
-from kiln.api.summary import headline, phase_of, summary_of
+from kiln.api.summary import resource_status
 from kiln.builder.context import BuildContext
 from kiln.builder.environment import Capabilities, plan_targets
 from kiln.builder.prepare import prepare
@@ -23,32 +24,31 @@ class Outcome:
 def optimize(ctx: BuildContext, caps: Capabilities | None = None) -> Outcome:
     caps = caps or Capabilities.detect()
     spec = ctx.spec
+    generation = ctx.model.metadata.generation
     targets = plan_targets(spec.targets, caps)
-    want_fp16 = (
-        Precision.FP16 in spec.precisions
-        and any(b in spec.backends for b in (Backend.ONNXRUNTIME, Backend.TENSORRT))
-        and any(t.device == "cuda" and not t.skip for t in targets)
-    )
+    gpu_target = any(t.device == "cuda" and not t.skip for t in targets)
     try:
-        prepared = prepare(ctx, want_fp16)
+        prepared = prepare(ctx, wants_fp16(spec, gpu_target))
     except StageFailedError as exc:
-        status = OptimizedModelStatus(
-            phase=Phase.FAILED,
-            observed_generation=ctx.model.metadata.generation,
-            message=f"{exc.result.stage} failed: {exc.result.reason}",
-        )
+        message = f"{exc.result.stage} failed: {exc.result.reason}"
+        status = resource_status(Phase.FAILED, [], message, observed_generation=generation)
         return Outcome(status, [exc.result])
-    results: list[TargetStatus] = [build_target(ctx, prepared, t, caps) for t in targets]
-    status = OptimizedModelStatus(
-        phase=phase_of(results),
-        observed_generation=ctx.model.metadata.generation,
+    results: list[TargetStatus] = [
+        _with_phase(build_target(ctx, prepared, t, caps)) for t in targets
+    ]
+    phase = results_phase(results)
+    nothing_ran = phase is Phase.FAILED and all(t.state is State.SKIPPED for t in results)
+    status = resource_status(
+        phase,
+        results,
+        "no target can run on this machine" if nothing_ran else None,
+        observed_generation=generation,
         model_digest=prepared.source.digest,
         onnx_artifact=prepared.onnx.uri,
         quantized_artifact=prepared.qdq.uri if prepared.qdq else None,
-        summary=summary_of(results),
-        targets=results,
-        **headline(results),
     )
-    if status.phase is Phase.FAILED and all(t.state is State.SKIPPED for t in results):
-        status = status.model_copy(update={"message": "no target can run on this machine"})
     return Outcome(status, prepared.stages)
+
+
+def _with_phase(result: TargetStatus) -> TargetStatus:
+    return result.model_copy(update={"phase": result_phase(result)})

@@ -13,7 +13,7 @@ from typing import Any
 
 import onnxruntime
 
-from kiln.api.errors import KilnInputError
+from kiln.api.errors import KilnError
 from kiln.api.keys import cache_key
 from kiln.api.spec import Precision, SourceFormat
 from kiln.api.status import State
@@ -199,7 +199,7 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
                 ),
                 {"stage": "quantize", "calibration": calibration.uri, "method": cal.method.value},
             )
-        except KilnInputError:
+        except KilnError:  # bad input or a storage outage: not a quantization result
             raise
         except Exception as exc:  # INT8 candidates fail with this reason; others go on
             st.state, st.reason = State.FAILED, f"quantization failed: {exc}"

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from kiln.api.errors import KilnInputError
+from kiln.api.errors import ExitCode, KilnError, KilnInputError
+from kiln.api.request import Stage
 
 if TYPE_CHECKING:
     from kiln.api.spec import OptimizedModel
@@ -31,9 +32,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 
 
 class ReportFormat(StrEnum):
@@ -78,7 +76,8 @@ def optimize(
     Prints a table of every candidate and writes OUTPUT/status.json (the status block the
     operator writes to the resource) plus report.md / report.html. A second run of an
     unchanged spec reuses every stored artifact and result. Exit codes: 0 done (Ready or
-    NoImprovement), 1 a stage failed, 2 bad input (the message names the field or file).
+    NoImprovement), 1 a stage failed, 2 bad input (the message names the field or file),
+    3 storage could not be reached (try again).
     """
     from kiln.api.load import load_file
     from kiln.builder.progress import RichReporter, SilentReporter
@@ -86,14 +85,14 @@ def optimize(
     reporter: Reporter = SilentReporter() if quiet else RichReporter()
     try:
         model = load_file(spec)
-    except KilnInputError as exc:
-        _fail_input(exc)
+    except KilnError as exc:
+        _fail(exc)
     out_dir = output or Path("out") / model.metadata.name
     try:
         outcome = _run(model, spec, artifacts, cache_dir, force, reporter)
-    except KilnInputError as exc:
+    except KilnError as exc:
         _write_failed(out_dir, str(exc))
-        _fail_input(exc)
+        _fail(exc)
     status = outcome.status
     _write_outputs(out_dir, model, status, report)
     if not quiet:
@@ -101,7 +100,7 @@ def optimize(
         typer.echo(f"status: {out_dir / 'status.json'}", err=True)
     if status.phase.value == "Failed":
         typer.echo(f"error: {status.message or status.summary}", err=True)
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @app.command()
@@ -122,17 +121,26 @@ def crds(
 @app.command("operator")
 def run_operator(
     kubeconfig: Annotated[
-        Path | None, typer.Option(help="kubeconfig file [in-cluster config, then $KUBECONFIG]")
+        Path | None,
+        typer.Option(help="kubeconfig file (default: in-cluster config, then $KUBECONFIG)"),
     ] = None,
     namespace: Annotated[
         list[str] | None, typer.Option("--namespace", "-n", help="watch these namespaces only")
     ] = None,
     builder_image: Annotated[
-        str, typer.Option(envvar="KILN_BUILDER_IMAGE", help="image of builder Jobs")
-    ] = "kiln-builder:0.1.0",
+        str | None,
+        typer.Option(
+            envvar="KILN_BUILDER_IMAGE",
+            help="image of builder Jobs (default: kiln-builder:VERSION)",
+        ),
+    ] = None,
     server_image: Annotated[
-        str, typer.Option(envvar="KILN_SERVER_IMAGE", help="image of inference servers")
-    ] = "kiln-builder:0.1.0",
+        str | None,
+        typer.Option(
+            envvar="KILN_SERVER_IMAGE",
+            help="image of inference servers (default: kiln-builder:VERSION)",
+        ),
+    ] = None,
     artifacts_uri: Annotated[
         str | None,
         typer.Option(
@@ -146,58 +154,44 @@ def run_operator(
         ),
     ] = None,
     gpu_label: Annotated[
-        str, typer.Option(envvar="KILN_GPU_LABEL", help="node label naming the GPU type")
-    ] = ("nvidia.com/gpu.product"),
+        str | None,
+        typer.Option(
+            envvar="KILN_GPU_LABEL",
+            help="node label naming the GPU type (default: the NVIDIA GPU operator's)",
+        ),
+    ] = None,
     liveness: Annotated[
         str, typer.Option(help="liveness endpoint URL")
     ] = "http://0.0.0.0:8081/healthz",
     resync_seconds: Annotated[
-        float,
+        float | None,
         typer.Option(
             envvar="KILN_RESYNC_SECONDS",
             help="re-check settled resources this often (watch events wake them at once)",
         ),
-    ] = 60.0,
+    ] = None,
     workers: Annotated[
-        int, typer.Option(envvar="KILN_WORKERS", help="reconcile passes running at once")
-    ] = 8,
+        int | None, typer.Option(envvar="KILN_WORKERS", help="reconcile passes running at once")
+    ] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="structured JSON logs")] = False,
 ) -> None:
     """Run the operator (Kopf): OptimizedModel -> builder Jobs per GPU type -> Deployments ->
     measured status. Cluster-wide unless --namespace is given."""
-    import kopf
-    from kubernetes import client as kube_client
-
-    from kiln.operator import handlers
-    from kiln.operator.apply import Clients
     from kiln.operator.config import OperatorConfig
-    from kiln.operator.connection import load_configuration
-    from kiln.storage.objects import Storage
+    from kiln.operator.startup import build_context, run
 
-    handlers.Runtime.kubeconfig = kubeconfig
-    handlers.Runtime.config = OperatorConfig(
-        builder_image=builder_image,
-        server_image=server_image,
-        namespace=",".join(namespace) if namespace else None,
-        gpu_label=gpu_label,
-        artifacts_uri=artifacts_uri,
-        credentials_secret=credentials_secret,
-        resync_seconds=resync_seconds,
-        workers=workers,
-    )
-    handlers.Runtime.storage = Storage(max_connections=workers + 2)
-    configuration = load_configuration(kubeconfig)
-    configuration.connection_pool_maxsize = workers + 2  # one connection per reconcile thread
-    handlers.Runtime.clients = Clients.create(kube_client.ApiClient(configuration))
-    kopf.configure(
-        verbose=False, log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.PLAIN
-    )
-    kopf.run(
-        clusterwide=not namespace,
-        namespaces=namespace or (),
-        liveness_endpoint=liveness,
-        standalone=True,
-    )
+    # Only what was given: the defaults are OperatorConfig's, written there alone.
+    given = {
+        "builder_image": builder_image,
+        "server_image": server_image,
+        "gpu_label": gpu_label,
+        "artifacts_uri": artifacts_uri,
+        "credentials_secret": credentials_secret,
+        "resync_seconds": resync_seconds,
+        "workers": workers,
+    }
+    config = OperatorConfig.model_validate({k: v for k, v in given.items() if v is not None})
+    run(build_context(config, kubeconfig), namespace or (), liveness, log_json)
 
 
 @app.command()
@@ -259,8 +253,8 @@ def serve(
         gpu = local_gpu()
         served = check_servable(model, pick_target(targets, target, gpu), gpu)
         artifact = fetch_artifact(storage, served.candidate.artifact or "", cache / "objects")
-    except KilnInputError as exc:
-        _fail_input(exc)
+    except KilnError as exc:
+        _fail(exc)
     runner = open_runner(served, artifact, threads)
     spec = model.spec
     warmup = {
@@ -286,11 +280,6 @@ def serve(
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
-class Stage(StrEnum):
-    export = "export"
-    target = "target"
-
-
 @app.command()
 def build(
     request: Annotated[Path, typer.Option(help="build request JSON written by the operator")],
@@ -305,34 +294,36 @@ def build(
     cache_dir: Annotated[Path | None, typer.Option(help="local folder for downloads")] = None,
 ) -> None:
     """Run one builder Job stage (what the operator's Jobs run). Writes artifacts and results
-    to object storage and a one-line JSON summary to the termination log.
+    to object storage and a one-line JSON report to the termination log.
 
     Exit codes: 0 the export or the target's result is recorded (its state, OK, SKIPPED or
-    FAILED, is in the summary and in storage); 2 bad input (the Job fails at once: a retry
-    cannot help); anything else is a crash, which the Job retries."""
-    from kiln.builder.job import load_request, run_export, run_target, termination_text
+    FAILED, is in the report and in storage); 2 bad input (the Job fails at once: a retry
+    cannot help); 3 storage unreachable (the Job retries with backoff); anything else is a
+    crash, which the Job retries up to its backoffLimit."""
+    from kiln.api.report import JobReport
+    from kiln.api.request import load_request
+    from kiln.builder.job import run_export, run_target
     from kiln.builder.progress import RichReporter
 
     log = termination_log or Path("/dev/termination-log")
     try:
         req = load_request(request)
-        if stage is Stage.target and not target:
+        if stage is Stage.TARGET and not target:
             raise KilnInputError("--target", "required with --stage target")
         with _context(
             req.model, Path.cwd(), req.artifacts_uri, cache_dir, False, RichReporter()
         ) as ctx:
-            outcome = (
+            report = (
                 run_export(ctx, req)
-                if stage is Stage.export
+                if stage is Stage.EXPORT
                 else run_target(ctx, req, target or "")
             )
-    except KilnInputError as exc:
-        _write_termination(log, termination_text({"stage": stage.value, "error": str(exc)}))
-        _fail_input(exc)
-    text = termination_text(outcome.message)
+    except KilnError as exc:
+        _write_termination(log, JobReport.failed(stage, exc, target).to_text())
+        _fail(exc)
+    text = report.to_text()
     _write_termination(log, text)
     typer.echo(text)
-    raise typer.Exit(outcome.exit_code)
 
 
 def _write_termination(path: Path, text: str) -> None:
@@ -389,9 +380,10 @@ def _run(
         return run_pipeline(ctx)
 
 
-def _fail_input(exc: KilnInputError) -> NoReturn:
+def _fail(exc: KilnError) -> NoReturn:
+    """One `error:` line naming the field or file, and the exit code of the error's kind."""
     typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
+    raise typer.Exit(exc.exit_code)
 
 
 def _write_failed(out_dir: Path, message: str) -> None:

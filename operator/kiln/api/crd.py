@@ -7,10 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from kiln.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModelSpec
+from kiln.api.spec import API_GROUP, API_VERSION, KIND, PLURAL, OptimizedModelSpec
 from kiln.api.status import OptimizedModelStatus
 
-PLURAL = "optimizedmodels"
 SINGULAR = "optimizedmodel"
 SHORT_NAMES = ["om", "oms"]
 CRD_NAME = f"{PLURAL}.{API_GROUP}"

@@ -11,8 +11,10 @@ import hashlib
 import json
 from typing import Any
 
-# Bumped whenever the builder changes what it produces for the same inputs.
-BUILDER_VERSION = "0.1.0"
+from kiln.api.version import VERSION
+
+# A new release of Kiln may produce different artifacts for the same inputs: never reuse them.
+BUILDER_VERSION = VERSION
 
 
 def canonical(value: Any) -> str:
@@ -23,7 +25,3 @@ def cache_key(kind: str, **parts: Any) -> str:
     """`kind-<24 hex>`: readable in a listing, collision-safe for this purpose."""
     digest = hashlib.sha256(canonical({"kind": kind, "builder": BUILDER_VERSION, **parts}).encode())
     return f"{kind}-{digest.hexdigest()[:24]}"
-
-
-def digest_bytes(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kiln.api.errors import KilnInputError
+from kiln.api.errors import InvalidSpecError, KilnInputError
 from kiln.api.spec import OptimizedModel
 
 
@@ -49,7 +49,7 @@ def parse_document(document: Any, origin: str) -> OptimizedModel:
         problems = []
         for err in exc.errors():
             problems.append(problem(err["loc"], err["msg"].removeprefix("Value error, ")))
-        raise KilnInputError(origin, "invalid OptimizedModel\n  " + "\n  ".join(problems)) from None
+        raise InvalidSpecError(origin, problems) from None
 
 
 def load_file(path: Path) -> OptimizedModel:

@@ -5,7 +5,7 @@ minimum speedup over the baseline qualify; the objective decides among them."""
 from __future__ import annotations
 
 from kiln.api.spec import Backend, Objective, Selection
-from kiln.api.status import CandidateStatus, State
+from kiln.api.status import CandidateStatus, State, TargetStatus
 
 # Only these can be loaded by `kiln serve`; torch.compile is measured for comparison.
 SERVABLE = frozenset({Backend.ONNXRUNTIME, Backend.TENSORRT})
@@ -34,6 +34,15 @@ def select(
         if selection.objective is Objective.MAX_THROUGHPUT_UNDER_LATENCY:
             why += f" with p99 within {selection.latency_budget_ms:g} ms"
     return best.name, f"{why}, {best.speedup:.2f}x over {baseline}, accuracy gate passed"
+
+
+def reselect(result: TargetStatus, selection: Selection) -> TargetStatus:
+    """Apply `selection` to a result's stored measurements. Selection is not part of a
+    result's key: a change of objective or minSpeedup re-decides without measuring again."""
+    if result.state is not State.OK:
+        return result
+    chosen, why = select(result.candidates, result.baseline, selection)
+    return result.model_copy(update={"selected": chosen, "selection_reason": why})
 
 
 def _why_none(

@@ -18,6 +18,7 @@ from kiln.api.base import KilnModel
 API_GROUP = "kiln.dev"
 API_VERSION = "v1alpha1"
 KIND = "OptimizedModel"
+PLURAL = "optimizedmodels"
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")

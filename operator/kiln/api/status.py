@@ -18,6 +18,56 @@ class State(StrEnum):
     OK = "OK"
     SKIPPED = "SKIPPED"
     FAILED = "FAILED"
+    PENDING = "PENDING"  # a target not measured yet: its builder Job is running
+
+
+class TargetPhase(StrEnum):
+    """Where one target stands; the resource's phase follows from these (kiln.api.phase)."""
+
+    BUILDING = "Building"  # its builder Job is running (or about to start)
+    RETRYING = "Retrying"  # its builder Job hit a transient error: another one is started
+    FAILED = "Failed"  # the build or its Job failed
+    SKIPPED = "Skipped"  # cannot run here (no such GPU, no runtime): nothing measured
+    BUILT = "Built"  # measured; nothing selected (no candidate passed the gates)
+    SELECTED = "Selected"  # a verified engine is selected (where a local run ends)
+    ROLLING_OUT = "RollingOut"  # selected; its inference pods are not ready yet
+    SERVING = "Serving"  # selected and served by ready pods
+    STALE = "Stale"  # built before, but no node of this GPU type is left
+
+
+class ConditionType(StrEnum):
+    ACCEPTED = "Accepted"
+    EXPORTED = "Exported"
+    BUILT = "Built"
+    BENCHMARKED = "Benchmarked"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+
+
+class Reason(StrEnum):
+    """Every condition reason the operator writes (CamelCase, as Kubernetes conditions do)."""
+
+    ACCEPTED = "Accepted"
+    INVALID_SPEC = "InvalidSpec"  # a cross-field rule of Kiln's refused the spec
+    INVALID_INPUT = "InvalidInput"  # the source or calibration set is missing or wrong
+    NO_ARTIFACT_STORE = "NoArtifactStore"
+    STORAGE_UNAVAILABLE = "StorageUnavailable"  # transient: retried
+    EXPORTING = "Exporting"
+    EXPORTED = "Exported"
+    EXPORT_FAILED = "ExportFailed"
+    BUILDING = "Building"
+    BUILT = "Built"
+    BENCHMARKED = "Benchmarked"
+    NOTHING_MEASURED = "NothingMeasured"
+    SERVING = "Serving"
+    ROLLING_OUT = "RollingOut"
+    NO_IMPROVEMENT = "NoImprovement"
+    PROBLEMS = "Problems"  # several kinds of problem at once: the message lists them
+    UNKNOWN_GPU_TYPE = "UnknownGPUType"
+    BUILD_FAILED = "BuildFailed"
+    TARGET_STALE = "TargetStale"
+    AS_EXPECTED = "AsExpected"
+    APPLY_FAILED = "ApplyFailed"  # the API server refused a write: retried with backoff
 
 
 class Phase(StrEnum):
@@ -106,6 +156,9 @@ class TargetStatus(KilnModel):
     name: str = Field(description="'cpu' or the GPU type (nvidia.com/gpu.product)")
     device: str = Field(description="'cpu' or 'cuda'")
     state: State
+    phase: TargetPhase | None = Field(
+        default=None, description="where the target stands (Building, Serving, Stale, ...)"
+    )
     reason: str | None = None
     baseline: str | None = None
     selected: str | None = None

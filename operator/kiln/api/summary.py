@@ -1,26 +1,16 @@
-"""Pure functions from per-target results to the resource-level phase, summary and headline."""
+"""Pure functions from per-target results to the resource's summary, headline and status."""
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
-from kiln.api.status import CandidateStatus, Phase, State, TargetStatus
+from kiln.api.status import CandidateStatus, OptimizedModelStatus, Phase, TargetStatus
 
 
 class Headline(TypedDict):
     best: str | None
     best_speedup: str | None
     ready_targets: str
-
-
-def phase_of(targets: list[TargetStatus]) -> Phase:
-    if any(t.selected for t in targets):
-        return Phase.READY
-    if targets and all(t.state is State.SKIPPED for t in targets):
-        return Phase.FAILED
-    if any(t.state is State.FAILED for t in targets):
-        return Phase.FAILED
-    return Phase.NO_IMPROVEMENT
 
 
 def best_selected(targets: list[TargetStatus]) -> tuple[CandidateStatus, TargetStatus] | None:
@@ -57,3 +47,14 @@ def summary_of(targets: list[TargetStatus]) -> str:
         )
     reasons = [f"{t.name}: {t.selection_reason or t.reason}" for t in targets]
     return "no candidate selected (" + "; ".join(reasons) + ")" if reasons else "no targets"
+
+
+def resource_status(
+    phase: Phase, targets: list[TargetStatus], message: str | None = None, **fields: Any
+) -> OptimizedModelStatus:
+    """The whole status block: the headline columns and the one-line summary follow the
+    targets (or, with none, the message). The one builder of a status, local or in-cluster."""
+    fields.setdefault("summary", summary_of(targets) if targets else message)
+    return OptimizedModelStatus(
+        phase=phase, message=message, targets=targets, **headline(targets), **fields
+    )

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.operator.plan import Manifest, Plan
+from kiln.operator.decide import Manifest
+from kiln.operator.plan import Plan
 
 FIELD_MANAGER = "kiln-operator"
 TIMEOUT = 30  # seconds for every API call: a hung API server must not hang the operator

@@ -5,10 +5,12 @@ in-memory indexes, so a reconcile reads the cluster without a single API call.""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+from kiln.api.report import parse_report
 from kiln.operator import names
-from kiln.operator.plan import DeploymentState, JobState
+from kiln.operator.observed import DeploymentState, JobState
 
 Body = Mapping[str, Any]
 
@@ -31,7 +33,6 @@ def job_state(body: Body) -> JobState:
     message = f"{failed.get('reason')}: {failed.get('message')}" if failed is not None else ""
     return JobState(
         name=body["metadata"]["name"],
-        succeeded=bool(status.get("succeeded")),
         failed=failed is not None,
         message=message,
     )
@@ -58,14 +59,29 @@ def gpu_product(body: Body, label: str) -> str | None:
     return value or None
 
 
-def failed_pod_message(pods: Sequence[Body]) -> str:
-    """The newest failed pod's termination message (the builder's JSON line, or the log tail
-    Kubernetes fell back to)."""
+def newest_failure(pods: Sequence[Body]) -> tuple[int, str] | None:
+    """(exit code, termination message) of the newest failed pod: the builder's JSON report,
+    or the log tail Kubernetes fell back to."""
     newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
     for pod in newest:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (cs.get("state") or {}).get("terminated")
             if terminated is not None and terminated.get("exitCode") != 0:
                 text = (terminated.get("message") or terminated.get("reason") or "").strip()
-                return f"exit {terminated['exitCode']}: {text[-1500:]}"
-    return ""
+                return int(terminated["exitCode"]), text
+    return None
+
+
+def failed_pod_message(pods: Sequence[Body]) -> str:
+    failure = newest_failure(pods)
+    return f"exit {failure[0]}: {failure[1][-1500:]}" if failure else ""
+
+
+def failed_pod(job: JobState, pods: Sequence[Body]) -> JobState:
+    """`job` with what its newest failed pod says: exit code, report and message."""
+    failure = newest_failure(pods)
+    if failure is None:
+        return job
+    code, text = failure
+    message = f"exit {code}: {text[-1500:]}"
+    return replace(job, exit_code=code, report=parse_report(text), message=message)

@@ -3,9 +3,11 @@ lastTransitionTime that changes only when the status flips."""
 
 from __future__ import annotations
 
-from kiln.api.status import Condition
+from dataclasses import dataclass
 
-TYPES = ("Accepted", "Exported", "Built", "Benchmarked", "Ready", "Degraded")
+from kiln.api.status import Condition, ConditionType, Reason
+
+TYPES = tuple(ConditionType)
 
 
 def set_condition(
@@ -38,3 +40,31 @@ def flips(before: list[Condition], after: list[Condition]) -> list[Condition]:
     """Conditions whose status or reason changed: each is worth a Kubernetes Event."""
     old = {c.type: (c.status, c.reason) for c in before}
     return [c for c in after if old.get(c.type) != (c.status, c.reason)]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One condition as a policy function decided it."""
+
+    type: ConditionType
+    status: bool
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that degrades the resource without stopping it."""
+
+    reason: Reason
+    message: str
+
+
+def record(
+    conditions: list[Condition], verdicts: list[Verdict], generation: int | None, now: str
+) -> list[Condition]:
+    for v in verdicts:
+        conditions = set_condition(
+            conditions, v.type, v.status, v.reason, v.message, generation, now
+        )
+    return conditions

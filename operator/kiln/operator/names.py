@@ -39,12 +39,17 @@ def short(key: str) -> str:
     return key.rsplit("-", 1)[-1][:10]
 
 
-def export_job(model: str, request_key: str) -> str:
-    return bounded(model, "export", short(request_key))
+def _retry(attempt: int) -> str:
+    # Attempt 0 keeps the plain name; a Job retried after a transient failure gets `r1`, `r2`.
+    return f"r{attempt}" if attempt else ""
 
 
-def build_job(model: str, target: str, request_key: str) -> str:
-    return bounded(model, "build", target, short(request_key))
+def export_job(model: str, request_key: str, attempt: int = 0) -> str:
+    return bounded(model, "export", short(request_key), _retry(attempt))
+
+
+def build_job(model: str, target: str, request_key: str, attempt: int = 0) -> str:
+    return bounded(model, "build", target, short(request_key), _retry(attempt))
 
 
 def request_configmap(model: str, request_key: str) -> str:

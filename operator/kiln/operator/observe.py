@@ -11,26 +11,19 @@ a complete artifact folder and a stored result never change under their content-
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from kiln.api.errors import KilnInputError, StorageUnavailableError
+from kiln.api.errors import KilnError, KilnInputError, KilnTransientError
 from kiln.api.layout import RESULT_FILE
 from kiln.api.spec import OptimizedModel
 from kiln.api.status import TargetStatus
 from kiln.operator.config import OperatorConfig
-from kiln.operator.plan import (
-    DeploymentState,
-    JobState,
-    Observed,
-    artifacts_uri,
-    parse_status,
-    request_keys,
-)
+from kiln.operator.observed import DeploymentState, JobState, Observed
+from kiln.operator.plan import parse_status, request_keys
+from kiln.operator.requests import artifacts_uri
 from kiln.storage.artifacts import ArtifactStore
 from kiln.storage.objects import Location, Storage, parse_uri
 
@@ -63,8 +56,8 @@ def _named(fn: Callable[[Location], Any], loc: Location, field_name: str) -> Any
     """Call a storage read, naming the spec field in its error."""
     try:
         return fn(loc)
-    except KilnInputError as exc:
-        raise type(exc)(f"{field_name} ({exc.where})", exc.message) from None
+    except KilnError as exc:
+        raise exc.renamed(f"{field_name} ({exc.where})") from None
 
 
 class StoredResults:
@@ -100,8 +93,8 @@ class StoredResults:
         return result
 
     def _store(self, root: Location) -> ArtifactStore:
-        # The operator never downloads artifacts, so the store's download folder stays unused.
-        return ArtifactStore(self.storage, root, Path(tempfile.gettempdir()) / "kiln-operator")
+        # The operator only reads manifests and results, never downloads: no cache folder.
+        return ArtifactStore(self.storage, root)
 
 
 def observe(
@@ -111,13 +104,12 @@ def observe(
     cluster: ClusterView,
     stored: StoredResults,
     now: str,
-    failed_job_message: Callable[[str], str] = lambda job: "",
+    failed_job: Callable[[JobState], JobState] = lambda job: job,
 ) -> Observed:
+    """`failed_job` adds what a failed Job's pod says (exit code, the builder's report): the
+    one read that is not in the caches, made only for failed Jobs."""
     current = parse_status(status)
-    jobs = {
-        name: replace(job, message=failed_job_message(name) or job.message) if job.failed else job
-        for name, job in cluster.jobs.items()
-    }
+    jobs = {name: failed_job(job) if job.failed else job for name, job in cluster.jobs.items()}
     base = Observed(
         model=model,
         status=current,
@@ -139,7 +131,7 @@ def observe(
             if found is not None:
                 results[key] = found
         return replace(with_fp, export_done=stored.complete(root, ekey), results=results)
-    except StorageUnavailableError as exc:
+    except KilnTransientError as exc:
         return replace(base, storage_error=str(exc))
     except KilnInputError as exc:
         return replace(base, input_error=(exc.where, exc.message))

@@ -9,16 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.api.errors import KilnInputError
+from kiln.api.errors import InvalidSpecError, KilnInputError
 from kiln.api.load import parse_document
-from kiln.api.spec import API_GROUP, API_VERSION
+from kiln.api.spec import API_GROUP, API_VERSION, PLURAL
 from kiln.operator.apply import TIMEOUT, Clients, apply_plan, status_patch
-from kiln.operator.children import failed_pod_message
+from kiln.operator.children import failed_pod
 from kiln.operator.config import OperatorConfig
 from kiln.operator.observe import ClusterView, StoredResults, observe
+from kiln.operator.observed import JobState
 from kiln.operator.plan import Plan, parse_status, plan, rejected, with_apply_error
-
-PLURAL = "optimizedmodels"
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,11 @@ def reconcile_once(
     error: str | None = None
     try:
         model = parse_document(document, f"{namespace}/{name}")
-    except KilnInputError as exc:
+    except InvalidSpecError as exc:
         # The CRD schema catches most of this; what only Kiln's rules catch goes on the status.
-        message = exc.message.removeprefix("invalid OptimizedModel\n  ").replace("\n  ", "; ")
-        decided = rejected(status, meta.get("generation"), message, now)
+        decided = rejected(status, meta.get("generation"), "; ".join(exc.problems), now)
+    except KilnInputError as exc:  # not a mapping at all
+        decided = rejected(status, meta.get("generation"), exc.message, now)
     else:
         observed = observe(
             model,
@@ -61,7 +61,7 @@ def reconcile_once(
             cluster,
             deps.stored,
             now,
-            lambda job: _failed_job_message(deps.clients, namespace, job),
+            lambda job: _with_failed_pod(deps.clients, namespace, job),
         )
         decided = plan(observed, deps.config)
         try:
@@ -97,11 +97,11 @@ def _write_status(
     return Pass(desired, decided.events, decided.requeue_after, error, wrote=patch is not None)
 
 
-def _failed_job_message(clients: Clients, namespace: str, job: str) -> str:
+def _with_failed_pod(clients: Clients, namespace: str, job: JobState) -> JobState:
     pods = clients.core.list_namespaced_pod(
-        namespace, label_selector=f"job-name={job}", _request_timeout=TIMEOUT
+        namespace, label_selector=f"job-name={job.name}", _request_timeout=TIMEOUT
     ).items
-    return failed_pod_message([clients.core.api_client.sanitize_for_serialization(p) for p in pods])
+    return failed_pod(job, [clients.core.api_client.sanitize_for_serialization(p) for p in pods])
 
 
 def api_error_message(exc: Exception) -> str:

@@ -3,9 +3,10 @@ export and per-target builder Jobs, and the inference Deployment + Service per t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from kiln.api.errors import ExitCode
+from kiln.api.request import REQUEST_FILE, BuildRequest, Stage
 from kiln.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel
 from kiln.api.status import TargetStatus
 from kiln.operator import names
@@ -13,10 +14,8 @@ from kiln.operator.config import OperatorConfig
 from kiln.operator.targets import TargetIntent
 
 REQUEST_DIR = "/etc/kiln/request"
-REQUEST_FILE = "request.json"
 GPU_RESOURCE = "nvidia.com/gpu"
 TERMINATION_LOG = "/dev/termination-log"
-EXIT_BAD_INPUT = 2  # `kiln build`: the request or its inputs are wrong; a retry cannot help
 
 Manifest = dict[str, Any]
 
@@ -44,25 +43,8 @@ def _meta(model: OptimizedModel, name: str, labels: dict[str, str], **annotation
     return meta
 
 
-def build_request(
-    model: OptimizedModel, artifacts_uri: str, request_key: str, fp16: bool
-) -> dict[str, Any]:
-    document = {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": KIND,
-        "metadata": {"name": model.metadata.name, "namespace": model.metadata.namespace},
-        "spec": model.spec.to_wire(),
-    }
-    return {
-        "model": document,
-        "artifactsUri": artifacts_uri,
-        "requestKey": request_key,
-        "fp16": fp16,
-    }
-
-
-def request_configmap(model: OptimizedModel, request: dict[str, Any]) -> Manifest:
-    key = request["requestKey"]
+def request_configmap(model: OptimizedModel, request: BuildRequest) -> Manifest:
+    key = request.request_key
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -72,7 +54,7 @@ def request_configmap(model: OptimizedModel, request: dict[str, Any]) -> Manifes
             names.labels(model.metadata.name, "request"),
             **{names.REQUEST_ANNOTATION: key},
         ),
-        "data": {REQUEST_FILE: json.dumps(request, indent=2, sort_keys=True)},
+        "data": {REQUEST_FILE: request.to_json()},
     }
 
 
@@ -99,29 +81,52 @@ _SECURITY = {
 }
 
 
+def pod_failure_policy() -> Manifest:
+    """How Kubernetes treats a failed builder pod, from the error taxonomy (kiln.api.errors)."""
+
+    def exits(code: ExitCode) -> Manifest:
+        return {"containerName": "builder", "operator": "In", "values": [int(code)]}
+
+    return {
+        "rules": [
+            # Bad input: a retry cannot help, so the Job fails at once.
+            {"action": "FailJob", "onExitCodes": exits(ExitCode.BAD_INPUT)},
+            # An evicted or preempted pod is not the builder's fault: not counted.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            # Storage unreachable: retried with the Job's exponential backoff; when the Job
+            # gives up, the operator starts the next attempt (never a failed resource).
+            {"action": "Count", "onExitCodes": exits(ExitCode.TRANSIENT)},
+        ]
+    }
+
+
 def builder_job(
     config: OperatorConfig,
     model: OptimizedModel,
-    request: dict[str, Any],
-    stage: str,
+    request: BuildRequest,
     target: TargetIntent | None,
     secret: str | None,
+    attempt: int = 0,
 ) -> Manifest:
-    key = request["requestKey"]
+    """The export Job (`target` None) or a target's build Job, for one attempt."""
+    key = request.request_key
     name = model.metadata.name
+    stage = Stage.EXPORT if target is None else Stage.TARGET
     job_name = (
-        names.export_job(name, key) if target is None else names.build_job(name, target.name, key)
+        names.export_job(name, key, attempt)
+        if target is None
+        else names.build_job(name, target.name, key, attempt)
     )
     labels = {
         **names.labels(name, "builder", target.name if target else None),
-        names.STAGE_LABEL: stage,
+        names.STAGE_LABEL: stage.value,
     }
     args = [
         "build",
         "--request",
         f"{REQUEST_DIR}/{REQUEST_FILE}",
         "--stage",
-        stage,
+        stage.value,
         "--termination-log",
         TERMINATION_LOG,
     ]
@@ -148,20 +153,7 @@ def builder_job(
         "metadata": _meta(model, job_name, labels, **{names.REQUEST_ANNOTATION: key}),
         "spec": {
             "backoffLimit": config.backoff_limit,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": "builder",
-                            "operator": "In",
-                            "values": [EXIT_BAD_INPUT],
-                        },
-                    },
-                    # An evicted or preempted pod is not the builder's fault: not counted.
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                ]
-            },
+            "podFailurePolicy": pod_failure_policy(),
             "activeDeadlineSeconds": config.job_deadline_seconds,
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "template": {

@@ -18,18 +18,6 @@ class TargetIntent:
     stale: bool = False  # built before, but no node of this type is left
 
 
-def gpu_types(
-    node_labels: Iterable[Mapping[str, str]], label: str = DEFAULT_GPU_LABEL
-) -> dict[str, int]:
-    """GPU type -> number of nodes carrying it."""
-    counts: dict[str, int] = {}
-    for node in node_labels:
-        product = node.get(label)
-        if product:
-            counts[product] = counts.get(product, 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def desired_targets(
     targets: Targets, present: Mapping[str, int], previously: Iterable[str]
 ) -> tuple[list[TargetIntent], list[str]]:

@@ -1,0 +1,93 @@
+"""Build one candidate: the runner that the accuracy check and the benchmark use, from the
+PyTorch module, the ONNX model of its precision, or a TensorRT engine."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+from kiln.api.spec import Backend, Precision
+from kiln.builder.candidates import CandidatePlan
+from kiln.builder.context import BuildContext
+from kiln.builder.environment import TargetPlan
+from kiln.builder.prepare import ModelArtifact, Prepared
+from kiln.runtime.base import Runner
+from kiln.runtime.ort_runner import OrtRunner
+from kiln.runtime.torch_runner import TorchRunner
+
+
+@dataclass(frozen=True)
+class Built:
+    """What building one candidate gave: a runner, or the reason there is none."""
+
+    runner: Runner | None
+    seconds: float
+    artifact: str | None = None  # URI of what a server would load
+    cached: bool = False  # the artifact was reused from storage
+    failure: str | None = None
+
+
+class ModelUnavailableError(Exception):
+    """The candidate's model does not exist (quantization or FP16 conversion failed, or no
+    calibration set): its reason is the whole story, not a build error."""
+
+
+def model_for(plan: CandidatePlan, prepared: Prepared) -> tuple[ModelArtifact | None, str]:
+    """The ONNX model a candidate is built from, or the reason there is none."""
+    if plan.precision is Precision.INT8:
+        return prepared.qdq, prepared.qdq_error or "no Q/DQ model (calibration missing)"
+    if plan.precision is Precision.FP16:
+        return prepared.fp16, prepared.fp16_error or "no FP16 model"
+    return prepared.onnx, ""
+
+
+def error_text(exc: BaseException) -> str:
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def build_candidate(
+    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, target: TargetPlan
+) -> Built:
+    started = time.perf_counter()
+    try:
+        with ctx.reporter.step(f"[{target.name}] build {plan.name}"):
+            runner, artifact, cached = _runner(ctx, plan, prepared, target)
+    except ModelUnavailableError as exc:
+        return Built(None, _since(started), failure=str(exc))
+    except Exception as exc:
+        return Built(None, _since(started), failure=f"build failed: {error_text(exc)}")
+    return Built(runner, _since(started), artifact, cached)
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 3)
+
+
+def _runner(
+    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, target: TargetPlan
+) -> tuple[Runner, str | None, bool]:
+    """(runner, artifact URI, reused from storage)."""
+    names = [t.name for t in ctx.spec.inputs]
+    device = "cuda:0" if target.device == "cuda" else "cpu"
+    if plan.backend in (Backend.PYTORCH, Backend.TORCH_COMPILE):
+        module = prepared.module
+        if module is None:
+            raise RuntimeError("no PyTorch module (ONNX source)")
+        if device != "cpu":
+            module = copy.deepcopy(module).to(device)
+        compiled = plan.backend is Backend.TORCH_COMPILE
+        return TorchRunner(plan.name, module, names, device, compile_model=compiled), None, False
+    model, missing = model_for(plan, prepared)
+    if model is None:
+        raise ModelUnavailableError(missing)
+    outputs = ctx.spec.outputs
+    if plan.backend is Backend.ONNXRUNTIME:
+        runner = OrtRunner(plan.name, model.path, outputs, device, ctx.spec.benchmark.threads)
+        return runner, model.uri, model.cached
+    from kiln.builder.tensorrt import tensorrt_engine
+    from kiln.runtime.trt_runner import TrtRunner
+
+    engine = tensorrt_engine(ctx, model, plan.precision, target.name)
+    return TrtRunner(plan.name, engine.path, outputs, device), engine.uri, engine.cached
