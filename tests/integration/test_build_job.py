@@ -10,8 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from kiln.api.errors import ErrorKind, ExitCode
+from kiln.api.report import parse_report
 from kiln.cli.main import app
-from tests.conftest import TinyExample
+from tests.conftest import TinyExample, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +89,26 @@ def test_bad_request_reports_on_the_termination_log(tiny: TinyExample) -> None:
     result = build("--request", str(request), "--stage", "target", "--termination-log", str(log))
     assert result.exit_code == 2
     assert json.loads(log.read_text())["error"] == "--target: required with --stage target"
+
+
+def test_unreachable_storage_is_transient_for_the_job(
+    tiny: TinyExample, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 3, which the Job's podFailurePolicy retries, and a report that says so."""
+    monkeypatch.chdir(tiny.root)  # relative URIs resolve against the Job's working dir
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    log = tiny.root / "termination-log"
+    request = write_request(tiny, "req-down", artifactsUri="s3://kiln/artifacts")
+    result = build("--request", str(request), "--stage", "export", "--termination-log", str(log))
+    assert result.exit_code == ExitCode.TRANSIENT, result.output
+    report = parse_report(log.read_text())
+    assert report is not None
+    assert report.error_kind is ErrorKind.TRANSIENT
+    assert report.error is not None
+    assert "cannot reach the S3 endpoint" in report.error
