@@ -77,9 +77,6 @@ class FileStorage:
     def identity(self, loc: Location) -> str:
         return file_identity(_existing_file(loc))
 
-    def list(self, prefix: Location) -> list[Location]:
-        return [loc for loc, _ in self.listing(prefix)]
-
     def fetch(self, loc: Location, cache_dir: Path | None) -> Path:
         # The file is already local: no copy, so no download folder is needed.
         return _existing_file(loc)

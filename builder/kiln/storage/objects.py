@@ -52,10 +52,6 @@ class ObjectStorage(Protocol):
         """What `listing` reports for one object (a HEAD request on S3)."""
         ...
 
-    def list(self, prefix: Location) -> list[Location]:
-        """Objects directly or indirectly under a folder-like prefix, sorted by key."""
-        ...
-
     def fetch(self, loc: Location, cache_dir: Path | None) -> Path:
         """A local file with the object's content: the file itself, or a download into
         `cache_dir`. Only a download needs the folder; asking for one without it is a bug
@@ -100,7 +96,9 @@ class Storage:
         return self._backend(loc).identity(loc)
 
     def list(self, prefix: Location) -> list[Location]:
-        return self._backend(prefix).list(prefix)
+        """Objects directly or indirectly under a folder-like prefix, sorted by key: the
+        listing without identities, the same for every backend."""
+        return [loc for loc, _ in self.listing(prefix)]
 
     def fetch(self, loc: Location, cache_dir: Path | None) -> Path:
         return self._backend(loc).fetch(loc, cache_dir)

@@ -195,9 +195,6 @@ class S3Storage:
         head = self._call(loc, lambda s3: s3.head_object(Bucket=loc.bucket, Key=loc.key))
         return f"{head.get('ContentLength')}:{head.get('ETag')}"
 
-    def list(self, prefix: Location) -> list[Location]:
-        return [loc for loc, _ in self.listing(prefix)]
-
     def fetch(self, loc: Location, cache_dir: Path | None) -> Path:
         if cache_dir is None:
             # A caller that only reads metadata has no folder; asking it to download is a bug.
