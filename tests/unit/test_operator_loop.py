@@ -23,12 +23,13 @@ from kiln.operator.apply import status_patch
 from kiln.operator.children import (
     controller_uid,
     deployment_state,
-    failed_pod_message,
+    failed_pod,
     gpu_product,
     job_state,
 )
 from kiln.operator.config import OperatorConfig
 from kiln.operator.handlers import OperatorContext, gpu_types_after, next_delay
+from kiln.operator.observed import JobState
 from kiln.operator.plan import Plan, rejected, with_apply_error
 from kiln.operator.reconcile import Pass, api_error_message
 from kiln.operator.wakeups import LastSeen, Wakeups, sleep_until_woken
@@ -96,8 +97,9 @@ def test_failed_pod_message_is_the_newest_failure() -> None:
         pod("2026-11-24T00:00:01Z", 2, "old"),
         pod("2026-11-24T00:00:09Z", 2, '{"error":"spec.source.uri: no such object"}'),
     ]
-    assert failed_pod_message(pods) == 'exit 2: {"error":"spec.source.uri: no such object"}'
-    assert failed_pod_message([pod("2026-11-24T00:00:01Z", 0, "done")]) == ""
+    job = JobState("j", failed=True)
+    assert failed_pod(job, pods).message == 'exit 2: {"error":"spec.source.uri: no such object"}'
+    assert failed_pod(job, [pod("2026-11-24T00:00:01Z", 0, "done")]).message == ""
 
 
 def test_status_patch_writes_only_changes_and_nulls_what_vanished() -> None:

@@ -10,7 +10,9 @@ from collections.abc import Iterable
 
 from kiln.api.status import Phase, State, TargetPhase, TargetStatus
 
-_IN_FLIGHT = frozenset({TargetPhase.BUILDING, TargetPhase.RETRYING, TargetPhase.ROLLING_OUT})
+# Something is still happening to these targets: the resource is Building, and the operator
+# checks again soon.
+IN_FLIGHT = frozenset({TargetPhase.BUILDING, TargetPhase.RETRYING, TargetPhase.ROLLING_OUT})
 
 
 def result_phase(result: TargetStatus) -> TargetPhase:
@@ -29,7 +31,7 @@ def resource_phase(targets: Iterable[TargetPhase]) -> Phase:
     live = [p for p in targets if p is not TargetPhase.STALE]
     if TargetPhase.SERVING in live or TargetPhase.SELECTED in live:
         return Phase.READY
-    if any(p in _IN_FLIGHT for p in live):
+    if any(p in IN_FLIGHT for p in live):
         return Phase.BUILDING
     if live and all(p is TargetPhase.SKIPPED for p in live):
         return Phase.FAILED

@@ -59,12 +59,6 @@ class JobReport(KilnModel):
     def failed(stage: Stage, exc: KilnError, target: str | None = None) -> JobReport:
         return JobReport(stage=stage, target=target, error=str(exc), error_kind=exc.kind)
 
-    def summary(self) -> str:
-        """One line for a condition or a target's reason."""
-        if self.error is not None:
-            return self.error
-        return self.reason or (self.state.value if self.state else self.stage.value)
-
 
 def parse_report(text: str) -> JobReport | None:
     """The report in a termination message, or None when the pod wrote none (a crash before

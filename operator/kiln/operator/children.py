@@ -72,11 +72,6 @@ def newest_failure(pods: Sequence[Body]) -> tuple[int, str] | None:
     return None
 
 
-def failed_pod_message(pods: Sequence[Body]) -> str:
-    failure = newest_failure(pods)
-    return f"exit {failure[0]}: {failure[1][-1500:]}" if failure else ""
-
-
 def failed_pod(job: JobState, pods: Sequence[Body]) -> JobState:
     """`job` with what its newest failed pod says: exit code, report and message."""
     failure = newest_failure(pods)

@@ -74,13 +74,10 @@ def current_attempt(jobs: Mapping[str, JobState], name_of: Callable[[int], str])
     raise AssertionError("unreachable: the last attempt always returns")
 
 
-def retry_note(attempt: Attempt) -> str:
-    assert attempt.previous is not None
-    return f"attempt {attempt.number + 1} after a transient failure: {attempt.previous.message}"
+class JobPhase(StrEnum):
+    """Where the builder Job of one request stands (the export's, or a target's)."""
 
-
-class ExportPhase(StrEnum):
-    DONE = "Done"
+    DONE = "Done"  # its output is in storage
     RUNNING = "Running"
     RETRYING = "Retrying"
     FAILED = "Failed"
@@ -88,7 +85,7 @@ class ExportPhase(StrEnum):
 
 @dataclass(frozen=True)
 class ExportDecision:
-    phase: ExportPhase
+    phase: JobPhase
     message: str
     apply: list[Manifest] = field(default_factory=list)
     problem: Problem | None = None  # transient trouble, shown as Degraded
@@ -97,33 +94,49 @@ class ExportDecision:
         return [self.problem] if self.problem else []
 
 
-def decide_export(inputs: Inputs, key: str, done: bool) -> ExportDecision:
-    if done:
-        return ExportDecision(ExportPhase.DONE, "ONNX and Q/DQ models are in the artifact store")
-    name = inputs.model.metadata.name
-    attempt = current_attempt(inputs.jobs, lambda n: names.export_job(name, key, n))
+def job_outcome(attempt: Attempt, label: str) -> tuple[JobPhase, str]:
+    """Where a builder Job without a stored result stands (Running, Retrying after transient
+    failures, or Failed), and the words for it; `label` names the Job ("export Job")."""
+    job = attempt.job
+    if attempt.exhausted and job is not None:
+        return JobPhase.RETRYING, f"{label} {attempt.name} gave up for now: {job.message}"
+    if job is not None and job.failed:
+        return JobPhase.FAILED, job.message
+    if attempt.previous is not None:
+        why = f"after a transient failure: {attempt.previous.message}"
+        return (
+            JobPhase.RETRYING,
+            f"{label} {attempt.name} is running (attempt {attempt.number + 1} {why})",
+        )
+    return JobPhase.RUNNING, f"{label} {attempt.name} is running"
+
+
+def job_children(
+    inputs: Inputs, key: str, intent: TargetIntent | None, attempt: Attempt
+) -> list[Manifest]:
+    """The request ConfigMap and the Job of this attempt (the export Job when `intent` is
+    None): re-applied on every pass, whatever the Job's state, as the whole desired state."""
     request = inputs.request(key)
-    apply = [
+    return [
         render.request_configmap(inputs.model, request),
         render.builder_job(
-            inputs.config, inputs.model, request, None, inputs.secret, attempt.number
+            inputs.config, inputs.model, request, intent, inputs.secret, attempt.number
         ),
     ]
-    job = attempt.job
-    if attempt.exhausted:
-        assert job is not None
-        why = f"export Job {attempt.name} gave up for now: {job.message}"
-        return ExportDecision(
-            ExportPhase.RETRYING, why, apply, Problem(Reason.STORAGE_UNAVAILABLE, why)
-        )
-    if job is not None and job.failed:
-        return ExportDecision(ExportPhase.FAILED, job.message, apply)
-    if attempt.previous is not None:
-        why = f"export Job {attempt.name} is running ({retry_note(attempt)})"
-        return ExportDecision(
-            ExportPhase.RETRYING, why, apply, Problem(Reason.STORAGE_UNAVAILABLE, why)
-        )
-    return ExportDecision(ExportPhase.RUNNING, "the export Job is running", apply)
+
+
+def decide_export(inputs: Inputs, key: str, done: bool) -> ExportDecision:
+    if done:
+        return ExportDecision(JobPhase.DONE, "ONNX and Q/DQ models are in the artifact store")
+    name = inputs.model.metadata.name
+    attempt = current_attempt(inputs.jobs, lambda n: names.export_job(name, key, n))
+    apply = job_children(inputs, key, None, attempt)
+    phase, why = job_outcome(attempt, "export Job")
+    if phase is JobPhase.RETRYING:
+        return ExportDecision(phase, why, apply, Problem(Reason.STORAGE_UNAVAILABLE, why))
+    if phase is JobPhase.RUNNING:
+        why = "the export Job is running"
+    return ExportDecision(phase, why, apply)
 
 
 @dataclass(frozen=True)
@@ -171,7 +184,7 @@ def _unbuilt(inputs: Inputs, intent: TargetIntent, key: str) -> TargetDecision:
     """No stored result: its builder Job runs, is retried, or failed."""
     name = inputs.model.metadata.name
     attempt = current_attempt(inputs.jobs, lambda n: names.build_job(name, intent.name, key, n))
-    job = attempt.job
+    outcome, why = job_outcome(attempt, "builder Job")
 
     def status(state: State, phase: TargetPhase, reason: str) -> TargetStatus:
         return TargetStatus(
@@ -183,32 +196,18 @@ def _unbuilt(inputs: Inputs, intent: TargetIntent, key: str) -> TargetDecision:
             job=attempt.name,
         )
 
-    if job is not None and job.failed and not attempt.exhausted:
-        why = f"builder Job {attempt.name} failed: {job.message}"
-        failed = status(State.FAILED, TargetPhase.FAILED, why)
-        return TargetDecision(
-            TargetPhase.FAILED,
-            failed,
-            problem=Problem(Reason.BUILD_FAILED, f"target {intent.name}: builder Job failed"),
+    if outcome is JobPhase.FAILED:
+        failed = status(
+            State.FAILED, TargetPhase.FAILED, f"builder Job {attempt.name} failed: {why}"
         )
-    request = inputs.request(key)
-    apply = [
-        render.request_configmap(inputs.model, request),
-        render.builder_job(
-            inputs.config, inputs.model, request, intent, inputs.secret, attempt.number
-        ),
-    ]
-    if attempt.exhausted or attempt.previous is not None:
-        assert job is not None or attempt.previous is not None
-        why = (
-            f"builder Job {attempt.name} gave up for now: {job.message}"
-            if attempt.exhausted and job is not None
-            else f"builder Job {attempt.name} is running ({retry_note(attempt)})"
-        )
+        problem = Problem(Reason.BUILD_FAILED, f"target {intent.name}: builder Job failed")
+        return TargetDecision(TargetPhase.FAILED, failed, problem=problem)
+    apply = job_children(inputs, key, intent, attempt)
+    if outcome is JobPhase.RETRYING:
         retrying = status(State.PENDING, TargetPhase.RETRYING, why)
         problem = Problem(Reason.STORAGE_UNAVAILABLE, f"target {intent.name}: {why}")
         return TargetDecision(TargetPhase.RETRYING, retrying, apply, problem=problem)
-    running = status(State.PENDING, TargetPhase.BUILDING, f"builder Job {attempt.name} is running")
+    running = status(State.PENDING, TargetPhase.BUILDING, why)
     return TargetDecision(TargetPhase.BUILDING, running, apply)
 
 
@@ -239,7 +238,8 @@ def _built(inputs: Inputs, intent: TargetIntent, key: str, stored: TargetStatus)
     phase = result_phase(result)
     if phase is TargetPhase.SELECTED:  # in a cluster, selected means served, or on its way
         serving = (
-            state is not None and state.ready_replicas > 0 and state.engine_key == key_of(result)
+            # The engine a server runs is named by its result's key (a pod-template annotation).
+            state is not None and state.ready_replicas > 0 and state.engine_key == result.cache_key
         )
         phase = TargetPhase.SERVING if serving else TargetPhase.ROLLING_OUT
     failed = result.state is State.FAILED
@@ -248,8 +248,3 @@ def _built(inputs: Inputs, intent: TargetIntent, key: str, stored: TargetStatus)
     )
     extra["phase"] = phase
     return TargetDecision(phase, result.model_copy(update=extra), apply, problem=problem)
-
-
-def key_of(result: TargetStatus) -> str | None:
-    """The engine a server runs is named by its result's key (the pod-template annotation)."""
-    return result.cache_key

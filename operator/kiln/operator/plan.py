@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.api.fp16 import wants_fp16
-from kiln.api.phase import resource_phase
+from kiln.api.phase import IN_FLIGHT, resource_phase
 from kiln.api.status import (
     Condition,
     ConditionType,
     OptimizedModelStatus,
     Phase,
     Reason,
-    TargetPhase,
     TargetStatus,
 )
 from kiln.api.summary import resource_status
@@ -29,8 +28,8 @@ from kiln.operator.conditions import Problem, Verdict, flips, record
 from kiln.operator.config import OperatorConfig
 from kiln.operator.decide import (
     ExportDecision,
-    ExportPhase,
     Inputs,
+    JobPhase,
     Manifest,
     TargetDecision,
     decide_export,
@@ -41,7 +40,6 @@ from kiln.operator.requests import artifacts_uri, credentials_secret, export_key
 from kiln.operator.targets import TargetIntent, desired_targets
 
 Event = tuple[str, str, str]  # (type, reason, message)
-_IN_FLIGHT = frozenset({TargetPhase.BUILDING, TargetPhase.RETRYING, TargetPhase.ROLLING_OUT})
 
 
 @dataclass
@@ -53,51 +51,58 @@ class Plan:
     requeue_after: float | None = None
 
 
-def _intents(observed: Observed) -> tuple[list[TargetIntent], list[str]]:
+@dataclass(frozen=True)
+class Wanted:
+    """The targets this cluster gives the resource, worked out once per pass."""
+
+    intents: list[TargetIntent]
+    missing: list[str]  # spec.targets.gpuTypes entries that no node has
+    fp16: bool  # the export also makes the FP16 model (kiln.api.fp16)
+
+
+def wanted(observed: Observed) -> Wanted:
     previous = [t.name for t in observed.previous_targets]
-    return desired_targets(observed.model.spec.targets, observed.gpu_types, previous)
-
-
-def _fp16(observed: Observed) -> bool:
-    intents, _ = _intents(observed)
+    intents, missing = desired_targets(observed.model.spec.targets, observed.gpu_types, previous)
     gpu_target = any(i.device == "cuda" and not i.stale for i in intents)
-    return wants_fp16(observed.model.spec, gpu_target)
+    return Wanted(intents, missing, wants_fp16(observed.model.spec, gpu_target))
 
 
-def request_keys(observed: Observed, config: OperatorConfig) -> tuple[str, dict[str, str]]:
+def request_keys(
+    observed: Observed, config: OperatorConfig, targets: Wanted | None = None
+) -> tuple[str, dict[str, str]]:
     """(export request key, target name -> request key) for a known fingerprint."""
     assert observed.fingerprint is not None
     model, fingerprint = observed.model, observed.fingerprint
-    intents, _ = _intents(observed)
-    keys = {i.name: target_key(model, i.name, fingerprint, config) for i in intents}
-    return export_key(model, fingerprint, config, _fp16(observed)), keys
+    targets = targets or wanted(observed)
+    keys = {i.name: target_key(model, i.name, fingerprint, config) for i in targets.intents}
+    return export_key(model, fingerprint, config, targets.fp16), keys
 
 
 def plan(observed: Observed, config: OperatorConfig) -> Plan:
     gated = _gate(observed, config)
     if gated is not None:
         return gated
+    targets = wanted(observed)
     inputs = Inputs(
         model=observed.model,
         config=config,
         artifacts_uri=artifacts_uri(observed.model, config) or "",
         secret=credentials_secret(observed.model, config),
-        fp16=_fp16(observed),
+        fp16=targets.fp16,
         jobs=observed.jobs,
         deployments=observed.deployments,
     )
-    ekey, tkeys = request_keys(observed, config)
-    intents, missing = _intents(observed)
-    problems = [_unknown_gpu_type(observed, config, m) for m in missing]
+    ekey, tkeys = request_keys(observed, config, targets)
+    problems = [_unknown_gpu_type(observed, config, m) for m in targets.missing]
     export = decide_export(inputs, ekey, observed.export_done)
-    if export.phase is not ExportPhase.DONE:
+    if export.phase is not JobPhase.DONE:
         return _exporting(observed, config, export, problems)
     previous = {t.name: t for t in observed.previous_targets}
     decisions = [
         decide_target(
             inputs, i, tkeys[i.name], observed.results.get(tkeys[i.name]), previous.get(i.name)
         )
-        for i in intents
+        for i in targets.intents
     ]
     problems += [d.problem for d in decisions if d.problem is not None]
     verdicts = [
@@ -122,7 +127,7 @@ def _targets_plan(
     out = _finish(observed, resource_phase(phases), targets, verdicts)
     out.apply = [m for d in decisions for m in d.apply]
     out.scale_to_zero = [d.scale_to_zero for d in decisions if d.scale_to_zero]
-    if any(p in _IN_FLIGHT for p in phases):
+    if any(p in IN_FLIGHT for p in phases):
         out.requeue_after = config.requeue_seconds
     return out
 
@@ -131,7 +136,7 @@ def _exporting(
     observed: Observed, config: OperatorConfig, export: ExportDecision, problems: list[Problem]
 ) -> Plan:
     verdicts = [policies.accepted(), *policies.exported(export)]
-    if export.phase is ExportPhase.FAILED:
+    if export.phase is JobPhase.FAILED:
         return _finish(observed, Phase.FAILED, [], verdicts, f"export failed: {export.message}")
     out = _finish(
         observed,

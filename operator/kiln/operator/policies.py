@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from kiln.api.status import ConditionType, Reason, State, TargetPhase
 from kiln.api.summary import summary_of
 from kiln.operator.conditions import Problem, Verdict
-from kiln.operator.decide import ExportDecision, ExportPhase, TargetDecision
+from kiln.operator.decide import ExportDecision, JobPhase, TargetDecision
 
 C, R = ConditionType, Reason
-IN_FLIGHT = frozenset({TargetPhase.BUILDING, TargetPhase.RETRYING})
+# Targets whose builder Job is still to finish (a rollout is not a build).
+BUILDING = frozenset({TargetPhase.BUILDING, TargetPhase.RETRYING})
 # Targets whose builder has finished (a stored result, or a failed Job).
 FINISHED = frozenset(
     {
@@ -29,9 +30,9 @@ def accepted() -> Verdict:
 
 
 def exported(export: ExportDecision) -> list[Verdict]:
-    if export.phase is ExportPhase.DONE:
+    if export.phase is JobPhase.DONE:
         return [Verdict(C.EXPORTED, True, R.EXPORTED, export.message)]
-    if export.phase is ExportPhase.FAILED:
+    if export.phase is JobPhase.FAILED:
         return [
             Verdict(C.EXPORTED, False, R.EXPORT_FAILED, export.message),
             Verdict(C.DEGRADED, True, R.EXPORT_FAILED, export.message),
@@ -45,7 +46,7 @@ def _live(decisions: Sequence[TargetDecision]) -> list[TargetDecision]:
 
 def built(decisions: Sequence[TargetDecision]) -> Verdict:
     live = _live(decisions)
-    pending = sum(1 for d in live if d.phase in IN_FLIGHT)
+    pending = sum(1 for d in live if d.phase in BUILDING)
     if pending:
         return Verdict(C.BUILT, False, R.BUILDING, f"{pending} of {len(live)} target(s) building")
     done = sum(1 for d in live if d.phase in FINISHED)
@@ -55,7 +56,7 @@ def built(decisions: Sequence[TargetDecision]) -> Verdict:
 def benchmarked(decisions: Sequence[TargetDecision]) -> Verdict:
     live = _live(decisions)
     finished = [d for d in live if d.phase in FINISHED]
-    if not finished or any(d.phase in IN_FLIGHT for d in live):
+    if not finished or any(d.phase in BUILDING for d in live):
         return Verdict(C.BENCHMARKED, False, R.BUILDING, "waiting for builder Jobs")
     measured = sum(1 for d in finished if d.status is not None and d.status.state is State.OK)
     return Verdict(
@@ -75,7 +76,7 @@ def ready(decisions: Sequence[TargetDecision]) -> Verdict:
         )
     if any(d.phase is TargetPhase.ROLLING_OUT for d in live):
         return Verdict(C.READY, False, R.ROLLING_OUT, "waiting for inference pods to become ready")
-    if any(d.phase in IN_FLIGHT for d in live):
+    if any(d.phase in BUILDING for d in live):
         return Verdict(C.READY, False, R.BUILDING, "no target has a selected engine yet")
     statuses = [d.status for d in live if d.status is not None]
     return Verdict(C.READY, False, R.NO_IMPROVEMENT, summary_of(statuses))
