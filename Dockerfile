@@ -3,7 +3,7 @@
 #   operator     small: the base install (Kopf, Kubernetes client, boto3), no torch
 #   builder      CPU builder and inference server: extras builder,cpu,serve
 #   builder-gpu  GPU builder and server on NVIDIA's TensorRT image: extras builder,gpu,serve
-# Build: docker build --target builder -t kiln-builder:0.1.0 .
+# Build: docker build --target builder -t kiln-builder:0.2.0 .
 
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
 ARG TENSORRT_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from kiln.api.spec import Benchmark
-from kiln.builder.benchmark import measure
+from kiln.builder.benchmark import measure_alone
 from kiln.runtime.ort_runner import OrtRunner
 from kiln.serve.loading import check_servable, from_output_dir, pick_target
 from kiln.storage.objects import parse_uri
@@ -77,7 +77,7 @@ def main() -> int:
         "runtime", Path(parse_uri(served.candidate.artifact or "").key), spec.outputs, "cpu"
     )
     runner.prepare(feeds)
-    runtime = measure(runner, 1, Benchmark(max_seconds=10))
+    runtime = measure_alone(runner, 1, Benchmark(max_seconds=10))
 
     port = free_port()
     kiln = str(Path(sys.executable).parent / "kiln")

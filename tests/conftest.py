@@ -83,8 +83,8 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 FAST_BENCHMARK = {
     "warmupIterations": 2,
     "windowIterations": 5,
-    "minWindows": 2,
-    "maxWindows": 4,
+    "minRounds": 2,
+    "maxRounds": 4,
     "maxSeconds": 1.0,
     "threads": 1,
 }

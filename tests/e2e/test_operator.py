@@ -308,7 +308,16 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: 
     assert args[args.index("--cache-key") + 1] == cpu["cacheKey"]
     table = kubectl(op.cluster, "get", PLURAL, "-n", ns)
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "TARGETS", "BEST", "SPEEDUP", "READY", "AGE"]
+    assert header.split() == [
+        "NAME",
+        "PHASE",
+        "TARGETS",
+        "BEST",
+        "SPEEDUP",
+        "SAVINGS",
+        "READY",
+        "AGE",
+    ]
     assert row.split()[:4] == ["tiny", "Ready", "1/4", status["best"]]
     # GitOps: the operator adds its finalizer and writes status, nothing else on the object.
     obj = client.CustomObjectsApi(op.api()).get_namespaced_custom_object(

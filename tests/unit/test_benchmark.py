@@ -1,57 +1,57 @@
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from typing import cast
+
 import pytest
 
 from kiln.api.spec import Benchmark
-from kiln.builder.benchmark import is_stable, measure, percentile, spread_percent, summarize
+from kiln.api.status import BatchBenchmark
+from kiln.builder.benchmark import (
+    Timings,
+    measure_rounds,
+    results,
+    rotated,
+    speedup_ratios,
+    window_size,
+)
+from kiln.builder.interference import disturbance, parse_some_total, pressure_percent
+from kiln.runtime.base import Runner
 
 
-def test_percentile_interpolates() -> None:
-    values = [1.0, 2.0, 3.0, 4.0]
-    assert percentile(values, 0) == 1.0
-    assert percentile(values, 100) == 4.0
-    assert percentile(values, 50) == pytest.approx(2.5)
-    assert percentile([5.0], 99) == 5.0
+class Machine:
+    """Fault injection: a fake clock that scripted runners advance. `slowdown(now)` scales
+    every run, as a neighbour hogging the CPU would; real runners are tested elsewhere."""
 
-
-def test_stability_needs_agreeing_tail() -> None:
-    assert not is_stable([1.0, 1.0], 3, 10)
-    assert is_stable([5.0, 1.0, 1.05, 0.97], 3, 10)
-    assert not is_stable([1.0, 1.3, 1.0], 3, 10)
-
-
-def test_summary_uses_the_stable_tail() -> None:
-    settings = Benchmark(min_windows=2)
-    windows = [[1.0, 1.0], [0.010, 0.012], [0.011, 0.009]]
-    result = summarize(windows, batch=4, settings=settings, stable=True)
-    assert result.latency_ms.mean == pytest.approx(10.5)
-    assert result.throughput == pytest.approx(4 / 0.0105)
-    assert result.windows == 3
-    assert result.iterations == 6
-    assert result.spread_percent == pytest.approx(spread_percent([0.011, 0.010]))
-
-
-class _ScriptedRunner:
-    """Fault-injection stand-in: each run advances a fake clock by a scripted duration, so the
-    loop's stopping rules are tested deterministically (real runners are tested elsewhere)."""
-
-    name = "scripted"
-    device = "cpu"
-
-    def __init__(self, durations: list[float]) -> None:
+    def __init__(self, slowdown: Callable[[float], float] = lambda now: 1.0) -> None:
         self.now = 0.0
-        self.durations = durations
-        self.runs = 0
+        self.slowdown = slowdown
+        self.log: list[str] = []
 
     def clock(self) -> float:
         return self.now
+
+
+class ScriptedRunner:
+    device = "cpu"
+
+    def __init__(
+        self, machine: Machine, name: str, seconds: float, fail_after: int | None = None
+    ) -> None:
+        self.machine, self.name, self.seconds = machine, name, seconds
+        self.fail_after = fail_after
+        self.runs = 0
 
     def prepare(self, feeds: object) -> None:
         pass
 
     def run(self) -> None:
-        self.now += self.durations[min(self.runs, len(self.durations) - 1)]
         self.runs += 1
+        if self.fail_after is not None and self.runs > self.fail_after:
+            raise RuntimeError("device lost")
+        self.machine.log.append(self.name)
+        self.machine.now += self.seconds * self.machine.slowdown(self.machine.now)
 
     def outputs(self) -> list[object]:
         return []
@@ -60,26 +60,148 @@ class _ScriptedRunner:
         pass
 
 
-def test_measure_stops_once_windows_agree() -> None:
-    runner = _ScriptedRunner([0.5] * 4 + [0.01] * 1000)  # slow warm-up, then steady
-    settings = Benchmark(warmup_iterations=2, window_iterations=2, min_windows=3, max_windows=30)
-    result = measure(runner, 1, settings, clock=runner.clock)  # type: ignore[arg-type]
-    assert result.stable
-    assert result.windows == 4  # the first window still holds the slow runs
-    assert result.latency_ms.p50 == pytest.approx(10.0)
+SETTINGS = Benchmark(warmup_iterations=2, window_iterations=4, min_rounds=6, max_rounds=40)
 
 
-def test_measure_respects_the_time_cap() -> None:
-    alternating = [0.01, 0.03] * 1000  # never stable within 1 %
-    runner = _ScriptedRunner(alternating)
-    settings = Benchmark(
-        warmup_iterations=0,
-        window_iterations=1,
-        min_windows=2,
-        max_windows=1000,
-        stability_percent=1,
-        max_seconds=0.5,
+def no_pressure() -> int | None:
+    return None
+
+
+def as_runners(runners: list[ScriptedRunner]) -> dict[str, Runner]:
+    return {r.name: cast(Runner, r) for r in runners}
+
+
+def run(
+    machine: Machine, runners: list[ScriptedRunner], settings: Benchmark = SETTINGS
+) -> dict[str, BatchBenchmark]:
+    rounds = measure_rounds(
+        as_runners(runners),
+        "base",
+        settings,
+        clock=machine.clock,
+        pressure=no_pressure,
     )
-    result = measure(runner, 2, settings, clock=runner.clock)  # type: ignore[arg-type]
-    assert not result.stable
-    assert 2 <= result.windows < 40
+    return results(rounds, "base", 8, settings)
+
+
+def test_a_slow_spell_hits_baseline_and_candidate_alike() -> None:
+    # The machine is 5x slower for a stretch that, measured one after the other, would land on
+    # the baseline's turn only and show a 10x "speedup".
+    machine = Machine(slowdown=lambda now: 5.0 if 0.2 < now < 0.6 else 1.0)
+    out = run(
+        machine, [ScriptedRunner(machine, "base", 0.01), ScriptedRunner(machine, "ort", 0.005)]
+    )
+    ort = out["ort"]
+    assert ort.speedup == pytest.approx(2.0, rel=0.25)
+    assert ort.speedup_interval is not None
+    assert ort.speedup_interval.low <= 2.0 <= ort.speedup_interval.high
+    assert out["base"].speedup == 1.0
+
+
+def test_quiet_rounds_converge_at_the_minimum() -> None:
+    machine = Machine()
+    out = run(
+        machine, [ScriptedRunner(machine, "base", 0.01), ScriptedRunner(machine, "ort", 0.004)]
+    )
+    ort = out["ort"]
+    assert ort.converged
+    assert out["base"].converged
+    assert ort.rounds == SETTINGS.min_rounds
+    assert ort.speedup == pytest.approx(2.5)
+    assert ort.speedup_interval is not None
+    assert (ort.speedup_interval.low, ort.speedup_interval.high) == pytest.approx((2.5, 2.5))
+    assert ort.throughput == pytest.approx(8 / 0.004)
+    assert ort.iterations == SETTINGS.min_rounds * 4
+
+
+def test_noise_that_never_settles_stops_at_the_cap_unconverged() -> None:
+    noise = random.Random(7)
+    machine = Machine(slowdown=lambda now: noise.uniform(1.0, 3.0))  # every run differs
+    settings = SETTINGS.model_copy(update={"max_rounds": 9, "interval_percent": 0.1})
+    out = run(
+        machine,
+        [ScriptedRunner(machine, "base", 0.01), ScriptedRunner(machine, "ort", 0.01)],
+        settings,
+    )
+    assert out["ort"].rounds == 9
+    assert not out["ort"].converged
+    assert not out["base"].converged
+
+
+def test_rounds_interleave_with_the_order_rotated() -> None:
+    machine = Machine()
+    names = ["base", "a", "b"]
+    run(machine, [ScriptedRunner(machine, n, 0.01) for n in names])
+    timed = machine.log[len(names) * SETTINGS.warmup_iterations :]
+    # A window is one settling run and 4 timed runs of one runner.
+    windows = [timed[i] for i in range(0, len(timed), 5)]
+    assert windows[:6] == ["base", "a", "b", "a", "b", "base"]
+    assert rotated(names, 2) == ["b", "base", "a"]
+
+
+def test_a_runner_that_fails_stops_and_the_rest_go_on() -> None:
+    machine = Machine()
+    rounds = measure_rounds(
+        as_runners(
+            [
+                ScriptedRunner(machine, "base", 0.01),
+                ScriptedRunner(machine, "bad", 0.01, fail_after=10),
+                ScriptedRunner(machine, "ort", 0.005),
+            ]
+        ),
+        "base",
+        SETTINGS,
+        clock=machine.clock,
+        pressure=no_pressure,
+    )
+    assert rounds.timings["bad"].failure is not None
+    out = results(rounds, "base", 1, SETTINGS)
+    assert set(out) == {"base", "ort"}
+    assert out["ort"].converged
+
+
+def test_cpu_pressure_and_a_varying_baseline_mark_the_numbers_disturbed() -> None:
+    machine = Machine()
+    counter = iter([0, 10**9])  # a full second of pressure over a short run
+
+    rounds = measure_rounds(
+        as_runners([ScriptedRunner(machine, "base", 0.01), ScriptedRunner(machine, "ort", 0.005)]),
+        "base",
+        SETTINGS,
+        clock=machine.clock,
+        pressure=lambda: next(counter),
+    )
+    out = results(rounds, "base", 1, SETTINGS)
+    assert out["ort"].disturbed is not None
+    assert "CPU pressure" in out["ort"].disturbed
+
+    noise = random.Random(3)
+    jumpy = Machine(slowdown=lambda now: noise.choice([1.0, 1.0, 3.0]))
+    out = run(jumpy, [ScriptedRunner(jumpy, "base", 0.02), ScriptedRunner(jumpy, "ort", 0.02)])
+    assert out["base"].disturbed is not None
+    assert "baseline varied" in out["base"].disturbed
+
+
+def test_window_size_fills_window_seconds() -> None:
+    settings = Benchmark(window_seconds=0.5)
+    assert window_size(0.1, settings) == 5
+    assert window_size(1.0, settings) == 1
+    assert window_size(1e-9, settings) == 100_000
+    assert window_size(0.1, settings.model_copy(update={"window_iterations": 3})) == 3
+
+
+def test_ratios_pair_rounds() -> None:
+    base = Timings("base", 2, [[0.02, 0.02], [0.04, 0.04]])
+    cand = Timings("c", 2, [[0.01, 0.01], [0.01, 0.01], [0.5]])
+    assert speedup_ratios(base, cand) == pytest.approx([2.0, 4.0])
+
+
+def test_cpu_pressure_reading() -> None:
+    text = "some avg10=1.84 avg60=3.09 avg300=10.21 total=432371034\nfull avg10=0.00 total=0\n"
+    assert parse_some_total(text) == 432371034
+    assert parse_some_total("garbage") is None
+    assert pressure_percent(1_000_000, 1_500_000, 2.0) == pytest.approx(25.0)
+    assert pressure_percent(None, 5, 1.0) is None
+    assert disturbance(25.0, 10.0, 3.0, 10.0) is not None
+    assert disturbance(5.0, 10.0, 3.0, 10.0) is None
+    assert disturbance(None, 10.0, None, 10.0) is None

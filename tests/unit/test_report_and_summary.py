@@ -6,13 +6,14 @@ from kiln.api.status import (
     AccuracyResult,
     BatchBenchmark,
     CandidateStatus,
+    Capacity,
     Latency,
     OptimizedModelStatus,
     Phase,
     State,
     TargetStatus,
 )
-from kiln.api.summary import headline, summary_of
+from kiln.api.summary import headline, resource_status, summary_of
 from kiln.builder.report import render_html, render_markdown, rows
 
 LAT = Latency(p50=5, p90=6, p99=7, mean=5.5)
@@ -25,9 +26,9 @@ def _cand(name: str, backend: Backend, speedup: float, passed: bool = True) -> C
         throughput=100 * speedup,
         speedup=speedup,
         spread_percent=1.5,
-        windows=4,
+        rounds=6,
         iterations=80,
-        stable=True,
+        converged=True,
     )
     return CandidateStatus(
         name=name,
@@ -78,6 +79,8 @@ def test_phase_and_summary() -> None:
         "best": "onnxruntime-cpu-fp32@cpu",
         "best_speedup": "1.60x",
         "ready_targets": "1/1",
+        "cheapest_target": None,
+        "savings": None,
     }
     none = [target(None)]
     assert phase_of(none) is Phase.NO_IMPROVEMENT
@@ -96,9 +99,45 @@ def test_reports_show_every_candidate_gate_and_reason() -> None:
     assert table[0][-1] == "baseline"
     assert table[2][-2] == "FAIL"
     md = render_markdown("m", status)
-    assert "| onnxruntime-cpu-int8 | 8 | 5 | 6 | 7 | 250 | 2.50x | 1.5 | 4 | yes |" in md
+    assert "| onnxruntime-cpu-int8 | 8 | 5 | 6 | 7 | 250 | 2.50x | - | 1.5 | 6 | yes | - |" in md
+    assert "Capacity and cost" not in md  # no serving.targetThroughput: nothing changes
     assert "tensorrt-cuda-fp16@cpu: no CUDA device" in md
     page = render_html("m", status)
     assert page.count("<rect") == 3
     assert "#c62828" in page
     assert "<svg" in page
+
+
+def test_capacity_shows_in_the_headline_and_reports() -> None:
+    cheap = target("onnxruntime-cpu-fp32").model_copy(
+        update={
+            "capacity": Capacity(
+                target_throughput=500,
+                utilization=0.8,
+                batch_size=8,
+                baseline_replicas=7,
+                selected_replicas=4,
+                hourly_price=0.5,
+                baseline_monthly_cost=2555.0,
+                selected_monthly_cost=1460.0,
+                monthly_savings=1095.0,
+                build_cost=0.02,
+                break_even_hours=0.01,
+            )
+        }
+    )
+    gpu = cheap.model_copy(
+        update={
+            "name": "nvidia-l4",
+            "capacity": cheap.capacity.model_copy(  # type: ignore[union-attr]
+                update={"selected_monthly_cost": 3000.0, "monthly_savings": 50.0}
+            ),
+        }
+    )
+    status = resource_status(Phase.READY, [gpu, cheap])
+    assert status.cheapest_target == "cpu"
+    assert status.savings == "$1,095/mo"
+    md = render_markdown("m", status)
+    assert "## Capacity and cost" in md
+    assert "| cpu (cheapest) | onnxruntime-cpu-fp32 | 7 | 4 | $2,555 | $1,460 | $1,095 |" in md
+    assert "Capacity and cost" in render_html("m", status)

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.api.select import select
+import pytest
+
+from kiln.api.select import Complexity, challenge, complexity, select
 from kiln.api.spec import Backend, Objective, Precision, Selection
-from kiln.api.status import AccuracyResult, CandidateStatus, Latency, State
+from kiln.api.status import AccuracyResult, CandidateStatus, Interval, Latency, State
 
 
 def cand(
@@ -78,3 +80,108 @@ def test_failed_gates_and_failed_builds_are_never_selected() -> None:
     )
     assert chosen is None
     assert why == "no servable (ONNX Runtime or TensorRT) candidate passed its accuracy gate"
+
+
+def ranked(
+    name: str,
+    backend: Backend,
+    precision: Precision,
+    speedup: float,
+    interval: tuple[float, float] | None = None,
+    disturbed: str | None = None,
+) -> CandidateStatus:
+    c = cand(name, backend, 10 * speedup, speedup)
+    low, high = interval or (speedup * 0.98, speedup * 1.02)
+    return c.model_copy(
+        update={
+            "precision": precision,
+            "speedup_interval": Interval(low=low, high=high),
+            "disturbed": disturbed,
+        }
+    )
+
+
+FP32 = ("ort-fp32", Backend.ONNXRUNTIME, Precision.FP32)
+FP16 = ("ort-fp16", Backend.ONNXRUNTIME, Precision.FP16)
+TRT16 = ("trt-fp16", Backend.TENSORRT, Precision.FP16)
+INT8 = ("ort-int8", Backend.ONNXRUNTIME, Precision.INT8)
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "rank"),
+    [
+        (Backend.ONNXRUNTIME, Precision.FP32, Complexity.FP32),
+        (Backend.ONNXRUNTIME, Precision.FP16, Complexity.FP16),
+        (Backend.TENSORRT, Precision.FP16, Complexity.TENSORRT_FP16),
+        (Backend.TENSORRT, Precision.INT8, Complexity.INT8),
+        (Backend.ONNXRUNTIME, Precision.INT8, Complexity.INT8),
+    ],
+)
+def test_complexity_ranks_simplest_first(
+    backend: Backend, precision: Precision, rank: Complexity
+) -> None:
+    assert complexity(backend, precision) is rank
+
+
+# (candidates as (kind, speedup, interval or None), preferSimplerWithin, expected selection)
+TABLE = [
+    # A 1 % gain inside the noise does not buy INT8's accuracy risk.
+    ([(FP32, 1.24, (1.20, 1.28)), (INT8, 1.25, (1.21, 1.30))], 0.10, "ort-int8", "ort-fp32"),
+    # Faster beyond 10 % and with intervals apart: INT8 pays for itself.
+    ([(FP32, 1.2, (1.18, 1.22)), (INT8, 2.0, (1.9, 2.1))], 0.10, None, "ort-int8"),
+    # Beyond 10 % but the intervals overlap: noise could explain it.
+    ([(FP32, 1.2, (1.0, 1.5)), (INT8, 1.4, (1.3, 1.6))], 0.10, None, "ort-fp32"),
+    # Intervals apart but within the margin.
+    ([(FP32, 1.2, (1.19, 1.21)), (INT8, 1.3, (1.29, 1.31))], 0.10, None, "ort-fp32"),
+    # 0: the fastest wins, noise or not.
+    ([(FP32, 1.24, (1.20, 1.28)), (INT8, 1.25, (1.21, 1.30))], 0.0, None, "ort-int8"),
+    # A chain: FP16 beats FP32; TensorRT does not beat FP16; INT8 beats FP16.
+    (
+        [
+            (FP32, 1.0, (0.99, 1.01)),
+            (FP16, 1.5, (1.48, 1.52)),
+            (TRT16, 1.55, (1.5, 1.6)),
+            (INT8, 2.0, (1.95, 2.05)),
+        ],
+        0.10,
+        None,
+        "ort-int8",
+    ),
+    # With no FP32 candidate, the simplest one there is starts.
+    ([(TRT16, 3.0, (2.9, 3.1)), (INT8, 3.1, (3.0, 3.2))], 0.10, None, "trt-fp16"),
+]
+
+
+@pytest.mark.parametrize(("rows", "within", "loser", "expected"), TABLE)
+def test_simplest_candidate_that_pays_for_itself(
+    rows: list[tuple[tuple[str, Backend, Precision], float, tuple[float, float]]],
+    within: float,
+    loser: str | None,
+    expected: str,
+) -> None:
+    cands = [ranked(n, b, p, s, iv) for (n, b, p), s, iv in rows]
+    chosen, why = pick(cands, prefer_simpler_within=within)
+    assert chosen == expected, why
+    if loser is not None:
+        assert f"{loser} is 1.01x of {expected} (intervals overlap; within" in why
+        assert why.endswith(f"): serving {expected}")
+
+
+def test_a_disturbed_measurement_cannot_displace_a_simpler_engine() -> None:
+    cands = [
+        ranked(*FP32, 1.2, (1.18, 1.22)),
+        ranked(*INT8, 2.0, (1.9, 2.1), disturbed="CPU pressure 40% of the time"),
+    ]
+    chosen, why = pick(cands)
+    assert chosen == "ort-fp32"
+    assert "measurement disturbed: CPU pressure" in why
+    assert why.startswith("the simpler engine, 1.20x [1.18-1.22] over pytorch-cpu-fp32")
+
+
+def test_challenge_reasons() -> None:
+    simple, fast = ranked(*FP32, 1.0, (0.95, 1.05)), ranked(*INT8, 1.05, (1.0, 1.1))
+    verdict = challenge(simple, fast, Objective.MAX_THROUGHPUT, 0.10)
+    assert not verdict.wins
+    assert "within preferSimplerWithin 0.1" in verdict.note
+    verdict = challenge(simple, ranked(*INT8, 1.5), Objective.MAX_THROUGHPUT, 0.10)
+    assert verdict.wins

@@ -89,6 +89,23 @@ def test_wire_form_is_camel_case_and_round_trips() -> None:
             {"inputs": [{"name": "x", "shape": [4, 3]}], "batchSizes": [1, 4]},
             "spec.inputs[0].shape: axis 0 is fixed at 4",
         ),
+        ({"selection": {"preferSimplerWithin": 1.5}}, "spec.selection.preferSimplerWithin: Input"),
+        ({"selection": {"preferSimplerWithin": -0.1}}, "spec.selection.preferSimplerWithin"),
+        ({"cost": {"hourly": {"cpu": -1}}}, "spec.cost.hourly.cpu: Input should be greater"),
+        (
+            {"targets": {"cpu": False}, "cost": {"hourly": {"cpu": 1}}},
+            "spec.cost.hourly: 'cpu' is not a target: targets.cpu is false",
+        ),
+        (
+            {"targets": {"gpuTypes": ["NVIDIA-L4"]}, "cost": {"hourly": {"NVIDIA-A10G": 1}}},
+            "spec.cost.hourly: 'NVIDIA-A10G' is not a target: expected 'cpu' or one of",
+        ),
+        ({"cost": {"hourly": {"no such/gpu": 1}}}, "'no such/gpu' is not a GPU type"),
+        ({"serving": {"targetThroughput": 0}}, "spec.serving.targetThroughput: Input should be"),
+        ({"serving": {"replicas": "auto"}}, "spec.serving.replicas: 'auto' needs"),
+        ({"serving": {"replicas": "many"}}, "spec.serving.replicas"),
+        ({"serving": {"utilization": 1.5}}, "spec.serving.utilization"),
+        ({"benchmark": {"minRounds": 8, "maxRounds": 7}}, "spec.benchmark.maxRounds: must be"),
     ],
 )
 def test_bad_specs_name_the_field(change: dict[str, Any], expected: str) -> None:
@@ -124,3 +141,16 @@ def test_decision_batch_follows_objective() -> None:
     latency = parse_document(doc(batchSizes=[1, 8], selection={"objective": "minLatency"}), "x")
     assert latency.spec.decision_batch_size() == 1
     assert Precision.FP32 in latency.spec.precisions
+
+
+def test_capacity_fields_load() -> None:
+    spec = parse_document(
+        doc(
+            serving={"replicas": "auto", "targetThroughput": 500, "utilization": 0.7},
+            cost={"hourly": {"cpu": 0.2, "NVIDIA-H100-80GB-HBM3": 4.5}, "hoursPerMonth": 720},
+        ),
+        "x",
+    ).spec
+    assert spec.serving.replicas == "auto"
+    assert spec.cost.hourly["cpu"] == 0.2
+    assert spec.selection.prefer_simpler_within == 0.10

@@ -31,23 +31,9 @@ class Found:
     failure: str | None = None
 
 
-def with_speedups(
-    runs: list[BatchBenchmark], baseline: list[BatchBenchmark]
-) -> list[BatchBenchmark]:
-    """Each measurement's throughput over the baseline's at the same batch size, measured in
-    the same run."""
-    base = {r.batch_size: r.throughput for r in baseline}
-    return [
-        r.model_copy(update={"speedup": r.throughput / base[r.batch_size]})
-        if r.batch_size in base
-        else r
-        for r in runs
-    ]
-
-
-def candidate_status(
-    found: Found, baseline: list[BatchBenchmark], decision: int
-) -> CandidateStatus:
+def candidate_status(found: Found, decision: int) -> CandidateStatus:
+    """Speedups were measured against the baseline in the same rounds (kiln.builder.
+    benchmark); the headline numbers are those at the decision batch size."""
     plan = found.plan
     status = CandidateStatus(
         name=plan.name,
@@ -59,7 +45,7 @@ def candidate_status(
     )
     if found.built is None:
         return status.model_copy(update={"state": State.SKIPPED, "reason": plan.skip})
-    benchmarks = with_speedups(found.benchmarks, baseline)
+    benchmarks = found.benchmarks
     status = status.model_copy(
         update={
             "artifact": found.built.artifact,
@@ -80,6 +66,8 @@ def candidate_status(
             "latency_ms": headline.latency_ms,
             "throughput": headline.throughput,
             "speedup": headline.speedup,
+            "speedup_interval": headline.speedup_interval,
+            "disturbed": headline.disturbed,
         }
     )
 
@@ -95,7 +83,7 @@ def skipped_target(
         reason=target.skip,
         baseline=baseline,
         environment=env,
-        candidates=[candidate_status(f, [], 0) for f in found],
+        candidates=[candidate_status(f, 0) for f in found],
     )
 
 
@@ -109,7 +97,6 @@ def measured_target(
     result_uri: str,
 ) -> TargetStatus:
     """Selection is applied afterwards (kiln.api.select.reselect): it is not part of the key."""
-    base = next((f.benchmarks for f in found if f.plan.name == baseline), [])
     return TargetStatus(
         name=target.name,
         device=target.device,
@@ -118,5 +105,5 @@ def measured_target(
         cache_key=key,
         result=result_uri,
         environment=env,
-        candidates=[candidate_status(f, base, decision) for f in found],
+        candidates=[candidate_status(f, decision) for f in found],
     )

@@ -1,56 +1,125 @@
-"""Stage: measure a runner. Warm-up, then windows until the last few agree or a cap is hit.
+"""Stage: measure the baseline and every candidate of a target side by side.
 
-The statistics are pure functions; `measure` is the only part that touches a clock.
+Candidates measured one after another are not comparable: a slow spell of the machine during
+the baseline's turn inflates every speedup, and the windows still agree with each other. So
+the measurement runs in rounds. Each round times one window of every runner, in an order
+rotated round by round, and a candidate's speedup is the median over rounds of its
+throughput ratio to the baseline's *in the same round*, with a 95 % interval (kiln.builder.
+stats). Rounds go on until every interval is within ±intervalPercent or a cap is hit.
+
+The statistics and the stopping rule are pure; `measure_rounds` is the only part that runs
+anything or reads a clock.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from kiln.api.spec import Benchmark
-from kiln.api.status import BatchBenchmark, Latency
+from kiln.api.status import BatchBenchmark, Interval, Latency
+from kiln.builder.interference import cpu_pressure_total, disturbance, pressure_percent
+from kiln.builder.stats import (
+    MedianInterval,
+    mean,
+    median_interval,
+    percentile,
+    robust_spread_percent,
+    spread_percent,
+)
 from kiln.runtime.base import Runner
 
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated percentile of an already sorted list (q in 0..100)."""
-    if not sorted_values:
-        raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+Clock = Callable[[], float]
+# A window is never more runs than this, however fast one run is (a 10 µs model at 0.5 s).
+MAX_WINDOW_ITERATIONS = 100_000
 
 
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+@dataclass
+class Timings:
+    """One runner's windows, one per round (seconds per run), or why it stopped."""
+
+    name: str
+    per_window: int
+    windows: list[list[float]] = field(default_factory=list)
+    failure: str | None = None
+
+    def means(self) -> list[float]:
+        return [mean(w) for w in self.windows]
 
 
-def spread_percent(values: list[float]) -> float:
-    """Relative standard deviation (sample), in percent."""
-    if len(values) < 2:
-        return 0.0
-    m = mean(values)
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return 100.0 * math.sqrt(var) / m if m > 0 else 0.0
+@dataclass(frozen=True)
+class Rounds:
+    """Everything one batch size's rounds measured."""
+
+    timings: dict[str, Timings]
+    converged: bool
+    pressure_percent: float | None
 
 
-def is_stable(window_means: list[float], count: int, tolerance_percent: float) -> bool:
-    """The last `count` window means all lie within ±tolerance of their own average."""
-    if len(window_means) < count:
+def window_size(seconds_per_run: float, settings: Benchmark) -> int:
+    """Runs per window: the spec's fixed count, else enough to fill `windowSeconds`."""
+    if settings.window_iterations is not None:
+        return settings.window_iterations
+    if seconds_per_run <= 0:
+        return MAX_WINDOW_ITERATIONS
+    return max(1, min(MAX_WINDOW_ITERATIONS, round(settings.window_seconds / seconds_per_run)))
+
+
+def rotated(names: list[str], round_index: int) -> list[str]:
+    """Round r starts with the r-th runner, so no runner always follows the same other one."""
+    if not names:
+        return []
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
+
+
+def speedup_ratios(baseline: Timings, candidate: Timings) -> list[float]:
+    """Per round: the candidate's throughput over the baseline's in that round (the rounds
+    both completed)."""
+    rounds = min(len(baseline.windows), len(candidate.windows))
+    return [
+        mean(baseline.windows[r]) / mean(candidate.windows[r])
+        for r in range(rounds)
+        if mean(candidate.windows[r]) > 0
+    ]
+
+
+def speedup_interval(baseline: Timings, candidate: Timings) -> MedianInterval | None:
+    ratios = speedup_ratios(baseline, candidate)
+    return median_interval(ratios) if ratios else None
+
+
+def converged(timings: dict[str, Timings], baseline: str, percent: float) -> bool:
+    """Every running candidate's speedup interval is a 95 % one within ±`percent`."""
+    base = timings.get(baseline)
+    if base is None or base.failure is not None:
+        return False  # no speedup to pin down: the caps end the rounds
+    for name, t in timings.items():
+        if name == baseline or t.failure is not None:
+            continue
+        interval = speedup_interval(base, t)
+        if interval is None or not interval.narrow(percent):
+            return False
+    return True
+
+
+def should_stop(
+    rounds_done: int, elapsed: float, runners: int, done: bool, settings: Benchmark
+) -> bool:
+    if rounds_done < settings.min_rounds:
         return False
-    tail = window_means[-count:]
-    centre = mean(tail)
-    return all(abs(v - centre) <= centre * tolerance_percent / 100.0 for v in tail)
+    return done or rounds_done >= settings.max_rounds or elapsed > settings.max_seconds * runners
 
 
 def summarize(
-    windows: list[list[float]], batch: int, settings: Benchmark, stable: bool
+    t: Timings,
+    batch: int,
+    interval: MedianInterval | None,
+    settings: Benchmark,
+    disturbed: str | None,
 ) -> BatchBenchmark:
-    """Statistics over the last `minWindows` windows (the stable part) of per-run seconds."""
-    used = windows[-settings.min_windows :]
-    latencies = sorted(v for w in used for v in w)
+    latencies = sorted(v for w in t.windows for v in w)
     avg = mean(latencies)
     ms = 1000.0
     return BatchBenchmark(
@@ -62,37 +131,108 @@ def summarize(
             mean=avg * ms,
         ),
         throughput=batch / avg,
-        spread_percent=spread_percent([mean(w) for w in used]),
-        windows=len(windows),
-        iterations=sum(len(w) for w in windows),
-        stable=stable,
+        speedup=interval.median if interval else None,
+        speedup_interval=Interval(low=interval.low, high=interval.high) if interval else None,
+        spread_percent=spread_percent(t.means()),
+        rounds=len(t.windows),
+        iterations=len(latencies),
+        converged=interval is not None and interval.narrow(settings.interval_percent),
+        disturbed=disturbed,
     )
 
 
-def measure(
-    runner: Runner,
-    batch: int,
-    settings: Benchmark,
-    clock: Callable[[], float] = time.perf_counter,
-) -> BatchBenchmark:
-    """Time `runner.run()` on inputs already staged by `runner.prepare`."""
-    for _ in range(settings.warmup_iterations):
+def results(
+    rounds: Rounds, baseline: str, batch: int, settings: Benchmark
+) -> dict[str, BatchBenchmark]:
+    """Each runner that measured at least one window, with its speedup over the baseline."""
+    base = rounds.timings.get(baseline)
+    usable_base = base if base is not None and base.windows else None
+    # Robust to the odd slow window (a page fault, a timer tick): a disturbance is the
+    # baseline's bulk moving, not one outlier.
+    spread = robust_spread_percent(usable_base.means()) if usable_base else None
+    disturbed = disturbance(
+        rounds.pressure_percent,
+        settings.max_cpu_pressure_percent,
+        spread,
+        settings.max_baseline_spread_percent,
+    )
+    out: dict[str, BatchBenchmark] = {}
+    for name, t in rounds.timings.items():
+        if not t.windows or t.failure is not None:
+            continue
+        if name == baseline:
+            exact = MedianInterval(1.0, 1.0, 1.0, 1.0)
+            out[name] = summarize(t, batch, exact, settings, disturbed).model_copy(
+                update={"converged": rounds.converged}
+            )
+        else:
+            interval = speedup_interval(usable_base, t) if usable_base else None
+            out[name] = summarize(t, batch, interval, settings, disturbed)
+    return {
+        name: b.model_copy(update={"cpu_pressure_percent": rounds.pressure_percent})
+        for name, b in out.items()
+    }
+
+
+def _timed_runs(runner: Runner, count: int, clock: Clock) -> list[float]:
+    out = []
+    for _ in range(count):
+        t0 = clock()
         runner.run()
-    windows: list[list[float]] = []
-    means: list[float] = []
-    started = clock()
-    stable = False
-    while len(windows) < settings.max_windows:
-        window: list[float] = []
-        for _ in range(settings.window_iterations):
-            t0 = clock()
-            runner.run()
-            window.append(clock() - t0)
-        windows.append(window)
-        means.append(mean(window))
-        if is_stable(means, settings.min_windows, settings.stability_percent):
-            stable = True
+        out.append(clock() - t0)
+    return out
+
+
+def warm_up(runner: Runner, settings: Benchmark, clock: Clock) -> int:
+    """Run the warm-up; size the runner's window from its last warm-up runs."""
+    runs = _timed_runs(runner, max(1, settings.warmup_iterations), clock)
+    tail = runs[len(runs) // 2 :]
+    return window_size(mean(tail), settings)
+
+
+def measure_rounds(
+    runners: dict[str, Runner],
+    baseline: str,
+    settings: Benchmark,
+    clock: Clock = time.perf_counter,
+    pressure: Callable[[], int | None] = cpu_pressure_total,
+    error_text: Callable[[BaseException], str] = repr,
+) -> Rounds:
+    """Time `run()` of runners whose inputs `prepare` already staged, in interleaved rounds.
+    A runner that raises stops there; the others go on."""
+    timings: dict[str, Timings] = {}
+    for name, runner in runners.items():
+        try:
+            timings[name] = Timings(name, warm_up(runner, settings, clock))
+        except Exception as exc:
+            timings[name] = Timings(name, 0, failure=error_text(exc))
+    order = [n for n in runners if timings[n].failure is None]
+    started, before = clock(), pressure()
+    done, index = False, 0
+    while True:
+        for name in rotated([n for n in order if timings[n].failure is None], index):
+            t = timings[name]
+            try:
+                # One untimed run first: the switch from the previous runtime (its threads
+                # winding down, caches refilled) is a cost of interleaving that a server
+                # running one engine never pays, and it would land on one runtime only.
+                runners[name].run()
+                t.windows.append(_timed_runs(runners[name], t.per_window, clock))
+            except Exception as exc:
+                t.failure = error_text(exc)
+        index += 1
+        active = sum(1 for n in order if timings[n].failure is None)
+        done = converged(timings, baseline, settings.interval_percent)
+        if active == 0 or should_stop(index, clock() - started, active, done, settings):
             break
-        if clock() - started > settings.max_seconds and len(windows) >= settings.min_windows:
-            break
-    return summarize(windows, batch, settings, stable)
+    share = pressure_percent(before, pressure(), clock() - started)
+    return Rounds(timings, done, share)
+
+
+def measure_alone(runner: Runner, batch: int, settings: Benchmark) -> BatchBenchmark:
+    """One runner on its own (no baseline to compare with): its latency and throughput."""
+    rounds = measure_rounds({runner.name: runner}, runner.name, settings)
+    failure = rounds.timings[runner.name].failure
+    if failure is not None:
+        raise RuntimeError(f"{runner.name} failed: {failure}")
+    return results(rounds, runner.name, batch, settings)[runner.name]

@@ -14,6 +14,7 @@ from kiln.builder.environment import TargetPlan
 from kiln.builder.prepare import ModelArtifact, Prepared
 from kiln.runtime.base import Runner
 from kiln.runtime.ort_runner import OrtRunner
+from kiln.runtime.threads import available_threads
 from kiln.runtime.torch_runner import TorchRunner
 
 
@@ -84,7 +85,8 @@ def _runner(
         raise ModelUnavailableError(missing)
     outputs = ctx.spec.outputs
     if plan.backend is Backend.ONNXRUNTIME:
-        runner = OrtRunner(plan.name, model.path, outputs, device, ctx.spec.benchmark.threads)
+        threads = available_threads(ctx.spec.benchmark.threads).count  # as for the baseline
+        runner = OrtRunner(plan.name, model.path, outputs, device, threads)
         return runner, model.uri, model.cached
     from kiln.builder.tensorrt import tensorrt_engine
     from kiln.runtime.trt_runner import TrtRunner

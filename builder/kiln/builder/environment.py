@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from kiln.api.keys import BUILDER_VERSION
 from kiln.api.spec import Targets
 from kiln.api.status import Environment
 from kiln.runtime.devices import local_gpu
+from kiln.runtime.threads import ThreadBudget
 
 
 def _version(package: str) -> str | None:
@@ -88,7 +88,7 @@ def plan_targets(targets: Targets, caps: Capabilities) -> list[TargetPlan]:
     return plans
 
 
-def environment(target: TargetPlan, caps: Capabilities, threads: int | None) -> Environment:
+def environment(target: TargetPlan, caps: Capabilities, threads: ThreadBudget) -> Environment:
     import torch
 
     device_name = caps.cuda_device if target.device == "cuda" and caps.cuda_device else _cpu_model()
@@ -100,7 +100,8 @@ def environment(target: TargetPlan, caps: Capabilities, threads: int | None) -> 
         onnxruntime=_version("onnxruntime") or _version("onnxruntime-gpu"),
         tensorrt=caps.tensorrt if target.device == "cuda" else None,
         cuda=torch.version.cuda if target.device == "cuda" else None,
-        cpu_threads=threads or os.cpu_count(),
+        cpu_threads=threads.count,
+        threads_source=threads.source,
         builder=BUILDER_VERSION,
     )
 

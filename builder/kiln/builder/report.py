@@ -7,7 +7,8 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 
-from kiln.api.status import OptimizedModelStatus, TargetStatus
+from kiln.api.status import Interval, OptimizedModelStatus, TargetStatus
+from kiln.api.summary import money
 
 COLUMNS = [
     "target",
@@ -20,6 +21,7 @@ COLUMNS = [
     "p99 ms",
     "throughput/s",
     "speedup",
+    "95% interval",
     "rel. error",
     "gate",
     "selected",
@@ -28,6 +30,72 @@ COLUMNS = [
 
 def _num(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _interval(interval: Interval | None) -> str:
+    return "-" if interval is None else f"{interval.low:.2f}-{interval.high:.2f}x"
+
+
+def _money(amount: float | None, currency: str) -> str:
+    return "-" if amount is None else money(amount, currency)
+
+
+def _hours(hours: float | None) -> str:
+    if hours is None:
+        return "-"
+    if hours < 1 / 60:
+        return f"{hours * 3600:.0f} s"
+    if hours < 1:
+        return f"{hours * 60:.0f} min"
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def _cents(amount: float | None, currency: str) -> str:
+    """Small sums (a build's cost) with the digits that matter."""
+    return (
+        "-"
+        if amount is None
+        else f"{currency}{amount:.2g}"
+        if amount < 1
+        else f"{currency}{amount:,.2f}"
+    )
+
+
+CAPACITY_COLUMNS = [
+    "target",
+    "engine",
+    "replicas (baseline)",
+    "replicas",
+    "$/month (baseline)",
+    "$/month",
+    "savings/month",
+    "build cost",
+    "break-even",
+]
+
+
+def capacity_rows(status: OptimizedModelStatus) -> list[list[str]]:
+    """One row per target with a capacity plan: the guide's comparison, in money."""
+    out: list[list[str]] = []
+    for t in status.targets:
+        cap = t.capacity
+        if cap is None:
+            continue
+        currency = cap.currency
+        out.append(
+            [
+                t.name + (" (cheapest)" if t.name == status.cheapest_target else ""),
+                t.selected or "none selected",
+                _num(cap.baseline_replicas, 6),
+                _num(cap.selected_replicas, 6),
+                _money(cap.baseline_monthly_cost, currency),
+                _money(cap.selected_monthly_cost, currency),
+                _money(cap.monthly_savings, currency),
+                _cents(cap.build_cost, currency),
+                _hours(cap.break_even_hours),
+            ]
+        )
+    return out
 
 
 def rows(status: OptimizedModelStatus) -> list[list[str]]:
@@ -48,6 +116,7 @@ def rows(status: OptimizedModelStatus) -> list[list[str]]:
                     _num(c.latency_ms.p99 if c.latency_ms else None),
                     _num(c.throughput, 4),
                     "-" if c.speedup is None else f"{c.speedup:.2f}x",
+                    _interval(c.speedup_interval) + (" disturbed" if c.disturbed else ""),
                     _num(c.accuracy.relative_error if c.accuracy else None, 2),
                     gate,
                     "*"
@@ -68,6 +137,47 @@ def reasons(status: OptimizedModelStatus) -> list[str]:
     return [f"{', '.join(names)}: {reason}" for reason, names in seen.items()]
 
 
+def benchmark_table(target: TargetStatus) -> list[str]:
+    """Every candidate at every batch size, with its speedup's interval and how the rounds
+    ended."""
+    lines = [
+        "| candidate | batch | p50 ms | p90 ms | p99 ms | throughput/s | speedup | 95% interval "
+        "| spread % | rounds | converged | disturbed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in target.candidates:
+        for b in c.benchmarks:
+            lines.append(
+                f"| {c.name} | {b.batch_size} | {b.latency_ms.p50:.3g} | {b.latency_ms.p90:.3g} "
+                f"| {b.latency_ms.p99:.3g} | {b.throughput:.4g} | "
+                f"{'-' if b.speedup is None else f'{b.speedup:.2f}x'} "
+                f"| {_interval(b.speedup_interval)} | {b.spread_percent:.1f} | {b.rounds} "
+                f"| {'yes' if b.converged else 'no (cap)'} | {b.disturbed or '-'} |"
+            )
+    return lines
+
+
+def capacity_section(status: OptimizedModelStatus) -> list[str]:
+    table = capacity_rows(status)
+    if not table:
+        return []
+    first = next(t.capacity for t in status.targets if t.capacity)
+    lines = [
+        "",
+        "## Capacity and cost",
+        "",
+        f"To serve {first.target_throughput:g} samples/s at {first.utilization:.0%} utilization, "
+        f"from the throughput measured at batch {first.batch_size}:",
+        "",
+        "| " + " | ".join(CAPACITY_COLUMNS) + " |",
+        "|" + "---|" * len(CAPACITY_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in table]
+    if status.cheapest_target:
+        lines += ["", f"Cheapest target that meets the throughput: **{status.cheapest_target}**."]
+    return lines
+
+
 def render_markdown(name: str, status: OptimizedModelStatus) -> str:
     lines = [f"# Kiln report: {name}", "", f"**Phase:** {status.phase.value}  "]
     if status.summary:
@@ -84,25 +194,15 @@ def render_markdown(name: str, status: OptimizedModelStatus) -> str:
             env = target.environment
             lines.append(
                 f"Measured on {env.device_name} with torch {env.torch}, onnxruntime "
-                f"{env.onnxruntime}, tensorrt {env.tensorrt or '-'}, {env.cpu_threads} CPU threads."
+                f"{env.onnxruntime}, tensorrt {env.tensorrt or '-'}, {env.cpu_threads} CPU "
+                f"threads for every runtime ({env.threads_source or 'default'})."
             )
         why = target.selection_reason or target.reason or ""
         lines.append(f"Selected: **{target.selected or 'none'}** — {why}")
-        lines += [
-            "",
-            "| candidate | batch | p50 ms | p90 ms | p99 ms | throughput/s | speedup "
-            "| spread % | windows | stable |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for c in target.candidates:
-            for b in c.benchmarks:
-                lines.append(
-                    f"| {c.name} | {b.batch_size} | {b.latency_ms.p50:.3g} "
-                    f"| {b.latency_ms.p90:.3g} "
-                    f"| {b.latency_ms.p99:.3g} | {b.throughput:.4g} | "
-                    f"{'-' if b.speedup is None else f'{b.speedup:.2f}x'} | {b.spread_percent:.1f} "
-                    f"| {b.windows} | {'yes' if b.stable else 'no (time cap)'} |"
-                )
+        lines += ["", *benchmark_table(target)]
+        if target.capacity and target.capacity.note:
+            lines += ["", f"Capacity: {target.capacity.note}"]
+    lines += capacity_section(status)
     notes = reasons(status)
     if notes:
         lines += ["", "## Skipped and failed", ""] + [f"- {n}" for n in notes]
@@ -164,6 +264,8 @@ def render_html(name: str, status: OptimizedModelStatus) -> str:
             f"red: failed its accuracy gate)</p>{_bars(target)}"
         )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in reasons(status))
+    plans = capacity_rows(status)
+    money_table = f"<h2>Capacity and cost</h2>{table(CAPACITY_COLUMNS, plans)}" if plans else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Kiln report: {html.escape(name)}</title><style>"
@@ -172,7 +274,7 @@ def render_html(name: str, status: OptimizedModelStatus) -> str:
         f"<h1>Kiln report: {html.escape(name)}</h1>"
         f"<p><b>Phase:</b> {html.escape(status.phase.value)}<br><b>Summary:</b> "
         f"{html.escape(status.summary or status.message or '')}</p>"
-        f"{table(COLUMNS, rows(status))}{''.join(sections)}"
+        f"{table(COLUMNS, rows(status))}{''.join(sections)}{money_table}"
         f"{'<h2>Skipped and failed</h2><ul>' + notes + '</ul>' if notes else ''}"
         "</body></html>\n"
     )

@@ -4,9 +4,8 @@ select, and publish result.json under the target's cache key."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
-
-import torch
 
 from kiln.api.keys import cache_key
 from kiln.api.layout import MODEL_DOCUMENT, RESULT_FILE
@@ -14,7 +13,7 @@ from kiln.api.select import reselect
 from kiln.api.spec import Backend
 from kiln.api.status import BatchBenchmark, Environment, TargetStatus
 from kiln.builder.assemble import Found, measured_target, skipped_target
-from kiln.builder.benchmark import measure
+from kiln.builder.benchmark import measure_rounds, results
 from kiln.builder.candidates import CandidatePlan, baseline_of, plan_candidates
 from kiln.builder.context import BuildContext
 from kiln.builder.engines import build_candidate, error_text, model_for
@@ -23,6 +22,7 @@ from kiln.builder.feeds import stack
 from kiln.builder.prepare import Prepared
 from kiln.builder.verify import compare
 from kiln.runtime.base import Runner, infer
+from kiln.runtime.threads import apply_torch_threads, available_threads
 
 
 def candidate_key(plan: CandidatePlan, prepared: Prepared, env: Environment) -> str:
@@ -62,7 +62,7 @@ def build_target(
     ctx: BuildContext, prepared: Prepared, target: TargetPlan, caps: Capabilities
 ) -> TargetStatus:
     spec = ctx.spec
-    env = environment(target, caps, spec.benchmark.threads)
+    env = environment(target, caps, available_threads(spec.benchmark.threads))
     baseline = baseline_of(spec, target.device).name
     plans = plan_candidates(spec, target, caps)
     found = [Found(p, candidate_key(p, prepared, env)) for p in plans]
@@ -75,15 +75,15 @@ def build_target(
             f"[{target.name}] unchanged inputs: reusing the stored result {result_uri}"
         )
         stored = TargetStatus.model_validate(ctx.artifacts.read_json(key, RESULT_FILE))
-        return reselect(stored.model_copy(update={"cached": True}), spec.selection)
+        return reselect(stored.model_copy(update={"cached": True}), spec)
 
-    if spec.benchmark.threads:
-        torch.set_num_threads(spec.benchmark.threads)
-    found = _measure_all(ctx, found, prepared, target)
+    started = time.perf_counter()
+    apply_torch_threads(env.cpu_threads or 1)
+    found = _measure_all(ctx, found, prepared, target, baseline)
     measured = measured_target(
         target, env, baseline, found, spec.decision_batch_size(), key, result_uri
-    )
-    status = reselect(measured, spec.selection)
+    ).model_copy(update={"build_seconds": round(time.perf_counter() - started, 3)})
+    status = reselect(measured, spec)
     ctx.artifacts.publish(
         key,
         {},
@@ -95,7 +95,7 @@ def build_target(
 
 
 def _measure_all(
-    ctx: BuildContext, found: list[Found], prepared: Prepared, target: TargetPlan
+    ctx: BuildContext, found: list[Found], prepared: Prepared, target: TargetPlan, baseline: str
 ) -> list[Found]:
     """Build, verify and benchmark every candidate that is not skipped; runners are closed
     whatever happens."""
@@ -103,7 +103,7 @@ def _measure_all(
     try:
         found = [_built(ctx, f, prepared, target, runners) for f in found]
         found = _verify(ctx, found, runners, prepared, target)
-        return _benchmark(ctx, found, runners, prepared, target)
+        return _benchmark(ctx, found, runners, prepared, target, baseline)
     finally:
         for runner in runners.values():
             runner.close()
@@ -160,25 +160,32 @@ def _benchmark(
     runners: dict[str, Runner],
     prepared: Prepared,
     target: TargetPlan,
+    baseline: str,
 ) -> list[Found]:
+    """Every batch size: stage the inputs in every runner, then time them all in interleaved
+    rounds with the baseline. A runner that fails is dropped for the later batch sizes."""
     spec = ctx.spec
     runs: dict[str, list[BatchBenchmark]] = {name: [] for name in runners}
     failures: dict[str, str] = {}
-    with ctx.reporter.step(
-        f"[{target.name}] benchmark", total=len(runners) * len(spec.batch_sizes)
-    ) as step:
+    with ctx.reporter.step(f"[{target.name}] benchmark", total=len(spec.batch_sizes)) as step:
         for batch in spec.batch_sizes:
             feeds = stack(prepared.samples, batch)
-            for name in list(runs):
-                runner = runners.get(name)
-                if runner is not None:  # else it failed at an earlier batch size
-                    try:
-                        runner.prepare(feeds)
-                        runs[name].append(measure(runner, batch, spec.benchmark))
-                    except Exception as exc:
-                        _drop(runners, name)
-                        failures[name] = f"benchmark failed at batch {batch}: {error_text(exc)}"
-                step.advance()
+            staged: dict[str, Runner] = {}
+            for name, runner in list(runners.items()):
+                try:
+                    runner.prepare(feeds)
+                    staged[name] = runner
+                except Exception as exc:
+                    _drop(runners, name)
+                    failures[name] = f"benchmark failed at batch {batch}: {error_text(exc)}"
+            rounds = measure_rounds(staged, baseline, spec.benchmark, error_text=error_text)
+            for name, t in rounds.timings.items():
+                if t.failure is not None:
+                    _drop(runners, name)
+                    failures[name] = f"benchmark failed at batch {batch}: {t.failure}"
+            for name, result in results(rounds, baseline, batch, spec.benchmark).items():
+                runs[name].append(result)
+            step.advance()
     return [
         replace(f, benchmarks=runs[f.plan.name], failure=failures.get(f.plan.name, f.failure))
         if f.plan.name in runs

@@ -216,7 +216,10 @@ def serve(
     batch_window_ms: Annotated[
         float, typer.Option(help="how long to gather requests into one batch")
     ] = 2.0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads for ONNX Runtime (default: the CPU quota, else affinity)"),
+    ] = None,
     max_body_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 64.0,
     cache_dir: Annotated[Path | None, typer.Option(help="local folder for downloads")] = None,
 ) -> None:
@@ -414,7 +417,7 @@ def _print_table(status: OptimizedModelStatus, stage_lines: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from kiln.builder.report import COLUMNS, reasons, rows
+    from kiln.builder.report import CAPACITY_COLUMNS, COLUMNS, capacity_rows, reasons, rows
 
     console = Console(stderr=True)
     if not console.is_terminal:
@@ -429,6 +432,18 @@ def _print_table(status: OptimizedModelStatus, stage_lines: list[str]) -> None:
     console.print(table)
     for note in reasons(status):
         console.print(f"  {note}", highlight=False)
+    for target in status.targets:
+        if target.selection_reason:
+            why = f"  {target.name}: {target.selected or 'none'}: {target.selection_reason}"
+            console.print(why, highlight=False)
+    plans = capacity_rows(status)
+    if plans:
+        money = Table(title="Capacity and cost")
+        for column in CAPACITY_COLUMNS:
+            money.add_column(column)
+        for row in plans:
+            money.add_row(*row)
+        console.print(money)
     if status.summary:
         console.print(f"[bold]{status.summary}[/bold]")
 

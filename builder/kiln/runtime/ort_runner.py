@@ -16,6 +16,8 @@ def session_options(threads: int | None) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         options.intra_op_num_threads = threads
+        # Nodes run one after another (ORT_SEQUENTIAL, the default): the inter-op pool is
+        # unused, so it gets no threads of its own to spin.
         options.inter_op_num_threads = 1
     return options
 

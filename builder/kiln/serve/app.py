@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from kiln.api.spec import TensorSpec
+from kiln.api.version import VERSION
 from kiln.serve.batching import Batcher, Infer
 from kiln.serve.metrics import Metrics
 from kiln.serve.protocol import (
@@ -77,7 +78,7 @@ def create_app(
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "kiln", "version": "0.1.0", "extensions": []}
+        return {"name": "kiln", "version": VERSION, "extensions": []}
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str) -> Any:

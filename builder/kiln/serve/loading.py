@@ -15,6 +15,7 @@ from kiln.api.load import parse_document
 from kiln.api.select import SERVABLE
 from kiln.api.spec import Backend, OptimizedModel
 from kiln.api.status import CandidateStatus, OptimizedModelStatus, State, TargetStatus
+from kiln.runtime.threads import available_threads
 from kiln.storage.artifacts import ArtifactStore
 from kiln.storage.objects import Location, Storage, parse_uri
 
@@ -121,4 +122,6 @@ def open_runner(served: Served, artifact: Path, threads: int | None) -> Any:
         return TrtRunner(served.candidate.name, artifact, outputs, device)
     from kiln.runtime.ort_runner import OrtRunner
 
-    return OrtRunner(served.candidate.name, artifact, outputs, device, threads)
+    # Sized like the benchmark's runtimes: to the pod's CPU quota, not the node's cores.
+    count = available_threads(threads).count
+    return OrtRunner(served.candidate.name, artifact, outputs, device, count)

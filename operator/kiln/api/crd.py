@@ -3,6 +3,7 @@ source of the schema (`kiln crds --output crds/`; a test fails when crds/ drifts
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel
@@ -31,6 +32,7 @@ _KEEP = {
     "maxLength",
     "minItems",
     "maxItems",
+    "maxProperties",
     "pattern",
     "additionalProperties",
     "x-kubernetes-validations",
@@ -48,9 +50,11 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], name: str = "") -> 
         return structural(merged, defs, name)
     if "anyOf" in schema:
         options = [s for s in schema["anyOf"] if s.get("type") != "null"]
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        if sorted(o.get("type", "") for o in options) == ["integer", "string"]:
+            return int_or_string(options, rest)
         if len(options) != 1:
             raise ValueError(f"{name}: unions other than Optional[X] have no structural schema")
-        rest = {k: v for k, v in schema.items() if k != "anyOf"}
         return {**structural({**options[0], **rest}, defs, name), "nullable": True}
     out: dict[str, Any] = {}
     for key, value in schema.items():
@@ -77,6 +81,26 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], name: str = "") -> 
     return out
 
 
+def int_or_string(options: list[dict[str, Any]], rest: dict[str, Any]) -> dict[str, Any]:
+    """`int | Literal[...]`: Kubernetes' int-or-string, its bounds and words as one CEL rule
+    (a structural schema cannot state them per type)."""
+    number = next(o for o in options if o["type"] == "integer")
+    words = next(o for o in options if o["type"] == "string")
+    allowed = [words["const"]] if "const" in words else list(words.get("enum", []))
+    bounds = [f"self >= {number['minimum']}"] if "minimum" in number else []
+    bounds += [f"self <= {number['maximum']}"] if "maximum" in number else []
+    word_rule = " || ".join(f"self == {json.dumps(w)}" for w in allowed) or "true"
+    low, high = number.get("minimum", "-inf"), number.get("maximum", "inf")
+    rule = f"type(self) == int ? ({' && '.join(bounds) or 'true'}) : ({word_rule})"
+    message = f"expected an integer in [{low}, {high}] or one of {allowed}"
+    out: dict[str, Any] = {
+        "x-kubernetes-int-or-string": True,
+        "x-kubernetes-validations": [{"rule": rule, "message": message}],
+    }
+    out.update({k: v for k, v in rest.items() if k in ("description", "default")})
+    return out
+
+
 def schema_of(model: type[BaseModel], mode: str) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode=mode)  # type: ignore[arg-type]
     return structural(raw, raw.get("$defs", {}))
@@ -92,6 +116,13 @@ PRINTER_COLUMNS = [
     },
     {"name": "Best", "type": "string", "jsonPath": ".status.best"},
     {"name": "Speedup", "type": "string", "jsonPath": ".status.bestSpeedup"},
+    {
+        "name": "Savings",
+        "type": "string",
+        "jsonPath": ".status.savings",
+        "description": "monthly savings on the cheapest target (with serving.targetThroughput "
+        "and cost.hourly)",
+    },
     {
         "name": "Ready",
         "type": "string",

@@ -1,55 +1,161 @@
 """Pick the candidate to serve (pure), used by the builder and, on stored results, by the
-operator. Only verified, servable candidates that beat the
-minimum speedup over the baseline qualify; the objective decides among them."""
+operator.
+
+Only verified, servable candidates that beat the minimum speedup over the baseline qualify.
+Among them the guide Kiln grew from decides: the simplest engine is served unless a more
+complex one pays for its extra accuracy risk and upkeep, that is, is faster by more than
+`selection.preferSimplerWithin` *and* beyond the noise of the measurement."""
 
 from __future__ import annotations
 
-from kiln.api.spec import Backend, Objective, Selection
-from kiln.api.status import CandidateStatus, State, TargetStatus
+from dataclasses import dataclass
+from enum import IntEnum
+
+from kiln.api.capacity import capacity
+from kiln.api.spec import Backend, Objective, OptimizedModelSpec, Precision, Selection
+from kiln.api.status import CandidateStatus, Interval, State, TargetStatus
 
 # Only these can be loaded by `kiln serve`; torch.compile is measured for comparison.
 SERVABLE = frozenset({Backend.ONNXRUNTIME, Backend.TENSORRT})
 
 
-def select(
+class Complexity(IntEnum):
+    """Simplest first: what a candidate costs in accuracy risk and upkeep."""
+
+    FP32 = 0  # ONNX Runtime and other FP32 engines: the reference numerics
+    FP16 = 1  # half precision: a looser accuracy gate
+    TENSORRT_FP16 = 2  # an engine tied to one GPU architecture and one TensorRT version
+    INT8 = 3  # calibration data and a quality check to keep up
+
+
+def complexity(backend: Backend, precision: Precision) -> Complexity:
+    if precision is Precision.INT8:
+        return Complexity.INT8
+    if backend is Backend.TENSORRT:
+        return Complexity.TENSORRT_FP16
+    if precision is Precision.FP16:
+        return Complexity.FP16
+    return Complexity.FP32
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A more complex candidate against the simpler one being served."""
+
+    wins: bool
+    note: str
+
+
+def _metric(c: CandidateStatus, objective: Objective) -> float:
+    """Bigger is better: throughput, or 1 / p50 latency for minLatency."""
+    if objective is Objective.MIN_LATENCY:
+        return 1.0 / c.latency_ms.p50 if c.latency_ms and c.latency_ms.p50 > 0 else 0.0
+    return c.throughput or 0.0
+
+
+def _interval(c: CandidateStatus) -> Interval:
+    """The speedup's interval; a result without one (measured by an older builder) counts as
+    an exact number."""
+    speedup = c.speedup or 0.0
+    return c.speedup_interval or Interval(low=speedup, high=speedup)
+
+
+def challenge(
+    simpler: CandidateStatus, complex_: CandidateStatus, objective: Objective, within: float
+) -> Challenge:
+    """Does `complex_` replace `simpler`? Only if faster by more than `within`, with speedup
+    intervals that do not overlap, on a measurement not flagged as disturbed. The note names
+    every reason it does not."""
+    base = _metric(simpler, objective)
+    ratio = _metric(complex_, objective) / base if base > 0 else float("inf")
+    head = f"{complex_.name} is {ratio:.2f}x of {simpler.name}"
+    reasons = []
+    if _interval(complex_).overlaps(_interval(simpler)):
+        reasons.append("intervals overlap")
+    if ratio <= 1.0 + within:
+        reasons.append(f"within preferSimplerWithin {within:g}")
+    if complex_.disturbed:
+        reasons.append(f"measurement disturbed: {complex_.disturbed}")
+    if reasons:
+        return Challenge(False, f"{head} ({'; '.join(reasons)}): serving {simpler.name}")
+    return Challenge(True, f"{head}, beyond noise and preferSimplerWithin {within:g}")
+
+
+def simplest_that_pays(
+    qualified: list[CandidateStatus], objective: Objective, within: float
+) -> tuple[CandidateStatus, list[str]]:
+    """Walk the complexity ranks from the simplest; each rank's best challenges the candidate
+    served so far. Returns the winner and one note per challenge. `within` 0: fastest wins."""
+    if within == 0:
+        return max(qualified, key=lambda c: _metric(c, objective)), []
+    best_per_rank: dict[Complexity, CandidateStatus] = {}
+    for c in sorted(qualified, key=lambda c: -_metric(c, objective)):
+        best_per_rank.setdefault(complexity(c.backend, c.precision), c)
+    ranks = sorted(best_per_rank)
+    served = best_per_rank[ranks[0]]
+    notes: list[str] = []
+    for rank in ranks[1:]:
+        verdict = challenge(served, best_per_rank[rank], objective, within)
+        notes.append(verdict.note)
+        if verdict.wins:
+            served = best_per_rank[rank]
+    return served, notes
+
+
+def qualified(
     candidates: list[CandidateStatus], baseline: str | None, selection: Selection
-) -> tuple[str | None, str]:
+) -> tuple[list[CandidateStatus], str]:
+    """The candidates the selection may choose from, or why there are none."""
     measured = [c for c in candidates if c.state is State.OK and c.throughput is not None]
     if not measured:
-        return None, "no candidate was measured"
+        return [], "no candidate was measured"
     verified = [c for c in measured if c.accuracy is not None and c.accuracy.passed]
     servable = [c for c in verified if c.backend in SERVABLE and c.name != baseline]
     fast = [c for c in servable if (c.speedup or 0.0) >= selection.min_speedup]
     if selection.objective is Objective.MAX_THROUGHPUT_UNDER_LATENCY:
         budget = selection.latency_budget_ms or 0.0
         fast = [c for c in fast if c.latency_ms is not None and c.latency_ms.p99 <= budget]
+    return fast, "" if fast else _why_none(verified, servable, selection)
+
+
+def select(
+    candidates: list[CandidateStatus], baseline: str | None, selection: Selection
+) -> tuple[str | None, str]:
+    fast, why_none = qualified(candidates, baseline, selection)
     if not fast:
-        return None, _why_none(measured, verified, servable, selection)
-    if selection.objective is Objective.MIN_LATENCY:
-        best = min(fast, key=lambda c: c.latency_ms.p50 if c.latency_ms else float("inf"))
-        why = f"lowest p50 latency ({best.latency_ms.p50:.3g} ms)" if best.latency_ms else ""
-    else:
-        best = max(fast, key=lambda c: c.throughput or 0.0)
-        why = f"highest throughput ({best.throughput:.4g}/s)"
-        if selection.objective is Objective.MAX_THROUGHPUT_UNDER_LATENCY:
-            why += f" with p99 within {selection.latency_budget_ms:g} ms"
-    return best.name, f"{why}, {best.speedup:.2f}x over {baseline}, accuracy gate passed"
+        return None, why_none
+    objective = selection.objective
+    best, notes = simplest_that_pays(fast, objective, selection.prefer_simpler_within)
+    fastest = max(fast, key=lambda c: _metric(c, objective))
+    why = _objective_text(best, selection) if best is fastest else "the simpler engine"
+    interval = best.speedup_interval
+    around = f" [{interval.low:.2f}-{interval.high:.2f}]" if interval else ""
+    reason = f"{why}, {best.speedup:.2f}x{around} over {baseline}, accuracy gate passed"
+    return best.name, "; ".join([reason, *notes])
 
 
-def reselect(result: TargetStatus, selection: Selection) -> TargetStatus:
-    """Apply `selection` to a result's stored measurements. Selection is not part of a
-    result's key: a change of objective or minSpeedup re-decides without measuring again."""
+def _objective_text(best: CandidateStatus, selection: Selection) -> str:
+    if selection.objective is Objective.MIN_LATENCY and best.latency_ms is not None:
+        return f"lowest p50 latency ({best.latency_ms.p50:.3g} ms)"
+    why = f"highest throughput ({best.throughput:.4g}/s)"
+    if selection.objective is Objective.MAX_THROUGHPUT_UNDER_LATENCY:
+        why += f" with p99 within {selection.latency_budget_ms:g} ms"
+    return why
+
+
+def reselect(result: TargetStatus, spec: OptimizedModelSpec) -> TargetStatus:
+    """Apply the spec's selection and capacity settings to a result's stored measurements.
+    Neither is part of a result's key: a change of objective, minSpeedup, throughput or price
+    re-decides without measuring again."""
     if result.state is not State.OK:
         return result
-    chosen, why = select(result.candidates, result.baseline, selection)
-    return result.model_copy(update={"selected": chosen, "selection_reason": why})
+    chosen, why = select(result.candidates, result.baseline, spec.selection)
+    decided = result.model_copy(update={"selected": chosen, "selection_reason": why})
+    return decided.model_copy(update={"capacity": capacity(decided, spec)})
 
 
 def _why_none(
-    measured: list[CandidateStatus],
-    verified: list[CandidateStatus],
-    servable: list[CandidateStatus],
-    selection: Selection,
+    verified: list[CandidateStatus], servable: list[CandidateStatus], selection: Selection
 ) -> str:
     if not verified:
         return "no candidate passed its accuracy gate"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -21,6 +21,7 @@ KIND = "OptimizedModel"
 PLURAL = "optimizedmodels"
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
 
 
@@ -167,8 +168,9 @@ class TensorSpec(KilnModel):
 
 class Targets(KilnModel):
     cpu: bool = Field(default=True, description="also build and benchmark for CPU")
-    gpu_types: list[str] = Field(
+    gpu_types: list[Annotated[str, Field(max_length=63)]] = Field(
         default_factory=list,
+        max_length=64,
         description="restrict to these nvidia.com/gpu.product values; empty means every one found",
     )
 
@@ -222,6 +224,11 @@ class Selection(KilnModel):
         "objectives, the smallest for minLatency",
     )
     min_speedup: Annotated[float, Field(gt=0)] = 1.0
+    prefer_simpler_within: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.10,
+        description="a more complex candidate (FP16, TensorRT, INT8) replaces a simpler one "
+        "only when faster by more than this fraction and beyond noise; 0: the fastest wins",
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> Self:
@@ -231,24 +238,47 @@ class Selection(KilnModel):
 
 
 class Benchmark(KilnModel):
+    """How candidates are timed: interleaved rounds of one window per candidate and baseline."""
+
     warmup_iterations: Annotated[int, Field(ge=0)] = 10
-    window_iterations: Annotated[int, Field(ge=1)] = 20
-    min_windows: Annotated[int, Field(ge=2)] = 3
-    max_windows: Annotated[int, Field(ge=2)] = 30
-    stability_percent: Annotated[float, Field(gt=0, le=100)] = Field(
-        default=10.0, description="the last minWindows window means must agree within this"
+    window_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=0.5, description="length of one candidate's window in a round"
+    )
+    window_iterations: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="a fixed number of runs per window instead of windowSeconds"
+    )
+    min_rounds: Annotated[int, Field(ge=2, le=1000)] = Field(
+        default=6, description="rounds before the intervals may stop the measurement"
+    )
+    max_rounds: Annotated[int, Field(ge=2, le=1000)] = 50
+    interval_percent: Annotated[float, Field(gt=0, le=100)] = Field(
+        default=5.0,
+        description="stop once every speedup's 95 % interval lies within ± this percent of it",
     )
     max_seconds: Annotated[float, Field(gt=0)] = Field(
-        default=20.0, description="cap per candidate and batch size"
+        default=20.0,
+        description="time cap per batch size and measured candidate (the baseline included)",
+    )
+    max_baseline_spread_percent: Annotated[float, Field(gt=0)] = Field(
+        default=10.0,
+        description="the baseline's windows varying more than this (robust relative spread, "
+        "1.4826 x MAD / median) marks the measurement disturbed",
+    )
+    max_cpu_pressure_percent: Annotated[float, Field(gt=0, le=100)] = Field(
+        default=10.0,
+        description="CPU pressure (/proc/pressure/cpu, share of time some task waited for a "
+        "CPU) beyond this during the rounds marks the measurement disturbed",
     )
     threads: Annotated[int, Field(ge=1)] | None = Field(
-        default=None, description="CPU threads for every runtime alike; default all cores"
+        default=None,
+        description="CPU threads for every runtime alike; default what the process may use "
+        "(cgroup CPU quota, else CPU affinity)",
     )
 
     @model_validator(mode="after")
-    def _windows(self) -> Self:
-        if self.max_windows < self.min_windows:
-            raise ValueError("maxWindows: must be at least minWindows")
+    def _rounds(self) -> Self:
+        if self.max_rounds < self.min_rounds:
+            raise ValueError("maxRounds: must be at least minRounds")
         return self
 
 
@@ -269,7 +299,28 @@ class Artifacts(KilnModel):
 class Serving(KilnModel):
     """The inference Deployment the operator rolls out per target with a selected engine."""
 
-    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.replicas) || type(self.replicas) == int || "
+                    "has(self.targetThroughput)",
+                    "message": "replicas: 'auto' needs serving.targetThroughput",
+                }
+            ]
+        }
+    )
+
+    replicas: Annotated[int, Field(ge=0, le=1000)] | Literal["auto"] = Field(
+        default=1,
+        description="pods per target, or 'auto': the replicas that targetThroughput needs",
+    )
+    target_throughput: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="samples/s the service must sustain (capacity and cost)"
+    )
+    utilization: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.8, description="share of a replica's measured throughput to plan on"
+    )
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     batch_window_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
     resources: dict[str, dict[str, str]] = Field(
@@ -277,6 +328,24 @@ class Serving(KilnModel):
     )
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _auto(self) -> Self:
+        if self.replicas == "auto" and self.target_throughput is None:
+            raise ValueError("replicas: 'auto' needs serving.targetThroughput")
+        return self
+
+
+class Cost(KilnModel):
+    """Prices for capacity planning: what one replica-hour of each target costs."""
+
+    hourly: dict[Annotated[str, Field(max_length=63)], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="price of one replica-hour per target name: 'cpu' or a GPU type",
+    )
+    hours_per_month: Annotated[float, Field(gt=0, le=744)] = 730.0
+    currency: Annotated[str, Field(min_length=1, max_length=8)] = "$"
 
 
 class OptimizedModelSpec(KilnModel):
@@ -314,6 +383,7 @@ class OptimizedModelSpec(KilnModel):
     benchmark: Benchmark = Field(default_factory=Benchmark)
     artifacts: Artifacts = Field(default_factory=Artifacts)
     serving: Serving = Field(default_factory=Serving)
+    cost: Cost = Field(default_factory=Cost)
     opset: Annotated[int, Field(ge=17, le=23)] = 18
 
     @field_validator("inputs")
@@ -350,12 +420,27 @@ class OptimizedModelSpec(KilnModel):
         unknown = sorted(set(self.accuracy.per_output) - set(self.outputs))
         if unknown:
             raise ValueError(f"accuracy.perOutput: {unknown} not among outputs {self.outputs}")
+        for target in self.cost.hourly:
+            problem = self.unknown_target(target)
+            if problem:
+                raise ValueError(f"cost.hourly: {target!r} {problem}")
         chosen = self.selection.batch_size
         if chosen is not None and chosen not in self.batch_sizes:
             raise ValueError(
                 f"selection.batchSize: {chosen} is not one of batchSizes {self.batch_sizes}"
             )
         return self
+
+    def unknown_target(self, name: str) -> str | None:
+        """Why `name` cannot be one of this spec's targets, or None if it can be."""
+        if name == "cpu":
+            return None if self.targets.cpu else "is not a target: targets.cpu is false"
+        if self.targets.gpu_types and name not in self.targets.gpu_types:
+            expected = f"'cpu' or one of targets.gpuTypes {self.targets.gpu_types}"
+            return f"is not a target: expected {expected}"
+        if not _LABEL_VALUE.match(name):
+            return "is not a GPU type (a label value: letters, digits, '-', '_', '.')"
+        return None
 
     def decision_batch_size(self) -> int:
         """The batch size whose measurements decide selection and fill the headline numbers."""

@@ -86,21 +86,44 @@ class Latency(KilnModel):
     mean: float
 
 
+class Interval(KilnModel):
+    low: float
+    high: float
+
+    def overlaps(self, other: Interval) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+
 class BatchBenchmark(KilnModel):
-    """One candidate at one batch size, measured in the same run as the baseline."""
+    """One candidate at one batch size, measured in interleaved rounds with the baseline."""
 
     batch_size: int
     latency_ms: Latency
     throughput: float = Field(description="samples per second")
     speedup: float | None = Field(
-        default=None, description="throughput / baseline throughput at this batch size"
+        default=None,
+        description="median over rounds of throughput / the baseline's in the same round",
+    )
+    speedup_interval: Interval | None = Field(
+        default=None,
+        description="95 % interval of the speedup (distribution-free, of the median ratio)",
     )
     spread_percent: float = Field(
-        description="relative standard deviation of the window means, in percent"
+        description="relative standard deviation of this candidate's window means, in percent"
     )
-    windows: int
+    rounds: int = Field(description="rounds measured; each holds one window of this candidate")
     iterations: int
-    stable: bool = Field(description="the windows agreed before the time cap")
+    converged: bool = Field(
+        description="the interval reached benchmark.intervalPercent before the caps"
+    )
+    disturbed: str | None = Field(
+        default=None,
+        description="why the numbers may not be clean (CPU pressure, a varying baseline)",
+    )
+    cpu_pressure_percent: float | None = Field(
+        default=None,
+        description="share of the rounds' time some task waited for a CPU (Linux PSI)",
+    )
 
 
 class OutputError(KilnModel):
@@ -134,6 +157,10 @@ class CandidateStatus(KilnModel):
     latency_ms: Latency | None = None
     throughput: float | None = None
     speedup: float | None = None
+    speedup_interval: Interval | None = None
+    disturbed: str | None = Field(
+        default=None, description="the headline measurement may be disturbed, and why"
+    )
     accuracy: AccuracyResult | None = None
     benchmarks: list[BatchBenchmark] = Field(default_factory=list)
 
@@ -148,8 +175,37 @@ class Environment(KilnModel):
     onnxruntime: str | None = None
     tensorrt: str | None = None
     cuda: str | None = None
-    cpu_threads: int | None = None
+    cpu_threads: int | None = Field(
+        default=None, description="threads every runtime used (intra- and inter-op)"
+    )
+    threads_source: str | None = Field(
+        default=None, description="where the thread count came from (quota, affinity, spec)"
+    )
     builder: str
+
+
+class Capacity(KilnModel):
+    """Replicas and money to serve serving.targetThroughput on one target."""
+
+    # From the throughput measured at the decision batch size, planned at serving.utilization.
+
+    target_throughput: float
+    utilization: float
+    batch_size: int
+    currency: str = "$"
+    baseline_replicas: int | None = None
+    selected_replicas: int | None = None
+    hourly_price: float | None = None
+    baseline_monthly_cost: float | None = None
+    selected_monthly_cost: float | None = None
+    monthly_savings: float | None = None
+    build_cost: float | None = Field(
+        default=None, description="the build's measured duration times the hourly price"
+    )
+    break_even_hours: float | None = Field(
+        default=None, description="hours of serving until the savings pay for the build"
+    )
+    note: str | None = Field(default=None, description="why a number is missing")
 
 
 class TargetStatus(KilnModel):
@@ -167,6 +223,10 @@ class TargetStatus(KilnModel):
     cached: bool = Field(default=False, description="the whole result was reused from storage")
     result: str | None = Field(default=None, description="URI of result.json")
     environment: Environment | None = None
+    build_seconds: float | None = Field(
+        default=None, description="wall time of this target's build, benchmark included"
+    )
+    capacity: Capacity | None = None
     # Filled by the operator, not the builder.
     stale: bool = Field(default=False, description="no node of this GPU type is left")
     job: str | None = Field(default=None, description="the builder Job of this target")
@@ -202,5 +262,11 @@ class OptimizedModelStatus(KilnModel):
     )
     best_speedup: str | None = Field(default=None, description="its speedup, e.g. 2.18x")
     ready_targets: str | None = Field(default=None, description="targets with a selection / all")
+    cheapest_target: str | None = Field(
+        default=None, description="the target that meets serving.targetThroughput for least"
+    )
+    savings: str | None = Field(
+        default=None, description="monthly savings on the cheapest target, e.g. $864/mo"
+    )
     targets: list[TargetStatus] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)

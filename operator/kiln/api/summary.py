@@ -11,6 +11,8 @@ class Headline(TypedDict):
     best: str | None
     best_speedup: str | None
     ready_targets: str
+    cheapest_target: str | None
+    savings: str | None
 
 
 def best_selected(targets: list[TargetStatus]) -> tuple[CandidateStatus, TargetStatus] | None:
@@ -25,14 +27,38 @@ def best_selected(targets: list[TargetStatus]) -> tuple[CandidateStatus, TargetS
     return best
 
 
+def cheapest(targets: list[TargetStatus]) -> TargetStatus | None:
+    """The target whose selected engine meets serving.targetThroughput for the least money."""
+    priced = [
+        t
+        for t in targets
+        if t.selected and t.capacity and t.capacity.selected_monthly_cost is not None
+    ]
+    return min(priced, key=_monthly, default=None)
+
+
+def _monthly(target: TargetStatus) -> float:
+    return target.capacity.selected_monthly_cost or 0.0 if target.capacity else 0.0
+
+
+def money(amount: float, currency: str = "$") -> str:
+    sign = "-" if amount < 0 else ""
+    return f"{sign}{currency}{abs(amount):,.0f}"
+
+
 def headline(targets: list[TargetStatus]) -> Headline:
-    """`best`, `bestSpeedup` and `readyTargets` for the printer columns."""
+    """`best`, `bestSpeedup`, `readyTargets` and `savings` for the printer columns."""
     best = best_selected(targets)
     ready = sum(1 for t in targets if t.selected)
+    low = cheapest(targets)
+    plan = low.capacity if low else None
+    saved = plan.monthly_savings if plan else None
     return Headline(
         best=f"{best[0].name}@{best[1].name}" if best else None,
         best_speedup=f"{best[0].speedup:.2f}x" if best else None,
         ready_targets=f"{ready}/{len(targets)}",
+        cheapest_target=low.name if low else None,
+        savings=None if plan is None or saved is None else f"{money(saved, plan.currency)}/mo",
     )
 
 
@@ -50,7 +76,10 @@ def summary_of(targets: list[TargetStatus]) -> str:
 
 
 def resource_status(
-    phase: Phase, targets: list[TargetStatus], message: str | None = None, **fields: Any
+    phase: Phase,
+    targets: list[TargetStatus],
+    message: str | None = None,
+    **fields: Any,
 ) -> OptimizedModelStatus:
     """The whole status block: the headline columns and the one-line summary follow the
     targets (or, with none, the message). The one builder of a status, local or in-cluster."""

@@ -214,7 +214,7 @@ def _unbuilt(inputs: Inputs, intent: TargetIntent, key: str) -> TargetDecision:
 def _built(inputs: Inputs, intent: TargetIntent, key: str, stored: TargetStatus) -> TargetDecision:
     """A stored result: re-decided with the current selection rules, served if selected."""
     model = inputs.model
-    result = reselect(stored, model.spec.selection)
+    result = reselect(stored, model.spec)
     deploy = names.server(model.metadata.name, intent.name)
     state = inputs.deployments.get(deploy)
     attempt = current_attempt(

@@ -7,7 +7,7 @@ from typing import Any
 
 from kiln.api.errors import ExitCode
 from kiln.api.request import REQUEST_FILE, BuildRequest, Stage
-from kiln.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel
+from kiln.api.spec import API_GROUP, API_VERSION, KIND, OptimizedModel, Serving
 from kiln.api.status import TargetStatus
 from kiln.operator import names
 from kiln.operator.config import OperatorConfig
@@ -174,6 +174,15 @@ def builder_job(
     }
 
 
+def replicas(serving: Serving, result: TargetStatus) -> int:
+    """The spec's count; with 'auto', what the capacity plan says the selected engine needs to
+    sustain serving.targetThroughput on this target (one until it is known)."""
+    if serving.replicas != "auto":
+        return serving.replicas
+    plan = result.capacity
+    return plan.selected_replicas if plan and plan.selected_replicas else 1
+
+
 def server_deployment(
     config: OperatorConfig,
     model: OptimizedModel,
@@ -229,7 +238,7 @@ def server_deployment(
         "kind": "Deployment",
         "metadata": _meta(model, deploy_name, labels, **serving.annotations),
         "spec": {
-            "replicas": 0 if target.stale else serving.replicas,
+            "replicas": 0 if target.stale else replicas(serving, result),
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {

@@ -2,7 +2,7 @@
 
 A request key covers everything that changes what the Job produces, so an unchanged request is
 never built twice and the operator can find its result in storage without any Job. Selection,
-serving and the target list are left out of the target key: changing them re-decides or
+serving, cost and the target list are left out of the target key: changing them re-decides or
 re-rolls from stored measurements, never rebuilds.
 """
 
@@ -39,7 +39,7 @@ def export_key(model: OptimizedModel, fingerprint: str, config: OperatorConfig, 
 
 def target_key(model: OptimizedModel, target: str, fingerprint: str, config: OperatorConfig) -> str:
     spec = model.spec.to_wire()
-    for decided_later in ("selection", "serving", "targets"):
+    for decided_later in ("selection", "serving", "cost", "targets"):
         spec.pop(decided_later, None)
     return cache_key(
         "req-target", spec=spec, target=target, fingerprint=fingerprint, image=config.builder_image
