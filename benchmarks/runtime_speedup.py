@@ -1,18 +1,23 @@
 """ONNX Runtime (FP32, INT8) and, on an NVIDIA GPU, CUDA and TensorRT candidates against
-PyTorch eager, measured side by side in one run on this machine, with spread, plus where the
-time goes (top operators of each runtime at the largest batch size).
+PyTorch eager, measured side by side in interleaved rounds in one run on this machine, with
+each speedup's 95 % interval, plus where the time goes (top operators of each runtime at the
+largest batch size).
 
     .venv/bin/python benchmarks/runtime_speedup.py [SPEC] [--batch-sizes 1 8] [--seconds 20]
+        [--hog N]
 
 It drives the same pipeline as `kiln optimize` (same export, Q/DQ model, runners and
-stabilised measurement windows), always re-measuring (--force), into a throw-away artifact
-store. On a GPU machine with kiln[gpu] installed the CUDA and TensorRT rows appear by themselves.
+interleaved rounds), always re-measuring (--force), into a throw-away artifact store.
+`--hog N` starts N CPU-burning processes beside the measurement, to show what a busy machine
+does to the numbers: they must stay within their intervals or be flagged as disturbed. On a
+GPU machine with kiln[gpu] installed the CUDA and TensorRT rows appear by themselves.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import tempfile
 from collections import defaultdict
@@ -69,13 +74,60 @@ def torch_top_ops(
     return sorted(((k, 100 * t / total) for k, t in rows), key=lambda x: -x[1])[:top]
 
 
+def print_table(status: Any) -> None:
+    print(
+        f"\n{'target':<8} {'candidate':<26} {'batch':>5} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'samples/s':>9} {'speedup':>8} {'95% interval':>13} {'rounds':>6} {'conv.':>5} "
+        f"{'PSI %':>5}  gate  disturbed"
+    )
+    for target in status.targets:
+        for cand in target.candidates:
+            if cand.state is not State.OK:
+                continue
+            for b in cand.benchmarks:
+                gate = "pass" if cand.accuracy and cand.accuracy.passed else "FAIL"
+                iv = b.speedup_interval
+                interval = f"{iv.low:.2f}-{iv.high:.2f}" if iv else "-"
+                psi = "-" if b.cpu_pressure_percent is None else f"{b.cpu_pressure_percent:.0f}"
+                print(
+                    f"{target.name:<8} {cand.name:<26} {b.batch_size:>5} "
+                    f"{b.latency_ms.p50:>8.2f} {b.latency_ms.p99:>8.2f} {b.throughput:>9.1f} "
+                    f"{(b.speedup or 0):>7.2f}x {interval:>13} {b.rounds:>6} "
+                    f"{'yes' if b.converged else 'no':>5} {psi:>5}  {gate:<4}  {b.disturbed or '-'}"
+                )
+        env = target.environment
+        if env is not None and target.state is State.OK:
+            print(f"{target.name}: {env.cpu_threads} threads ({env.threads_source})")
+            print(f"{target.name}: selected {target.selected}: {target.selection_reason}")
+        for cand in target.candidates:
+            if cand.state is not State.OK:
+                print(f"{target.name:<8} {cand.name:<26} {cand.state.value}: {cand.reason}")
+
+
+def burn() -> None:
+    while True:
+        pass
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", nargs="?", type=Path, default=EXAMPLE)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--seconds", type=float, default=20.0, help="cap per candidate and batch")
     parser.add_argument("--top", type=int, default=5, help="operators listed per runtime")
+    parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes beside it")
     args = parser.parse_args()
+    hogs = [multiprocessing.Process(target=burn, daemon=True) for _ in range(args.hog)]
+    for hog in hogs:
+        hog.start()
+    try:
+        return measure(args)
+    finally:
+        for hog in hogs:
+            hog.terminate()
+
+
+def measure(args: argparse.Namespace) -> int:
 
     model = load_file(args.spec)
     spec = model.spec.model_copy(
@@ -102,24 +154,7 @@ def main() -> int:
         )
         outcome = optimize(ctx)
         status = outcome.status
-        print(
-            f"\n{'target':<26} {'candidate':<26} {'batch':>5} {'p50 ms':>9} {'p99 ms':>9} "
-            f"{'samples/s':>10} {'speedup':>8} {'spread %':>9}  gate"
-        )
-        for target in status.targets:
-            for cand in target.candidates:
-                if cand.state is not State.OK:
-                    continue
-                for b in cand.benchmarks:
-                    gate = "pass" if cand.accuracy and cand.accuracy.passed else "FAIL"
-                    print(
-                        f"{target.name:<26} {cand.name:<26} {b.batch_size:>5} "
-                        f"{b.latency_ms.p50:>9.2f} {b.latency_ms.p99:>9.2f} {b.throughput:>10.1f} "
-                        f"{(b.speedup or 0):>7.2f}x {b.spread_percent:>9.1f}  {gate}"
-                    )
-            for cand in target.candidates:
-                if cand.state is not State.OK:
-                    print(f"{target.name:<26} {cand.name:<26} {cand.state.value}: {cand.reason}")
+        print_table(status)
         print(f"\n{status.summary}")
 
         # Where the time goes, at the largest batch size, on the CPU.

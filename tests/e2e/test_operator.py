@@ -372,6 +372,21 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: 
     assert job_names(op, ns) == jobs_before
     assert apps.read_namespaced_deployment("tiny-cpu", ns).spec.replicas == 1
 
+    # Capacity and money re-decide from stored measurements too; with replicas: auto the
+    # Deployment runs what the selected engine needs for the throughput asked.
+    wanted = selected["throughput"] * 2.5  # 4 replicas planned at 80 % utilization
+    money = {"replicas": "auto", "targetThroughput": wanted}
+    apply(op, resource("tiny", ns, serving=money, cost={"hourly": {"cpu": 0.25}}))
+    status = wait_status(op, ns, "tiny", ready(3), "generation 3 Ready")
+    plan = next(t for t in status["targets"] if t["name"] == "cpu")["capacity"]
+    assert plan["selectedReplicas"] == 4
+    assert plan["selectedMonthlyCost"] == pytest.approx(4 * 0.25 * 730)
+    assert status["cheapestTarget"] == "cpu"
+    assert job_names(op, ns) == jobs_before
+    assert apps.read_namespaced_deployment("tiny-cpu", ns).spec.replicas == 4
+    row = kubectl(op.cluster, "get", PLURAL, "-n", ns).splitlines()[1]
+    assert row.split()[5] == status["savings"]
+
     events = client.CoreV1Api(op.api()).list_namespaced_event(
         ns, field_selector="involvedObject.name=tiny"
     )

@@ -135,6 +135,34 @@ def test_crd_schema_rejects_a_bad_spec_with_the_servers_message(cluster: Cluster
     assert info.value.status == 422
     assert "only axis 0 may be -1" in info.value.body
 
+    # serving.replicas is an int-or-string: a count, or 'auto' with a target throughput.
+    def serving(name: str, value: dict[str, Any]) -> dict[str, Any]:
+        document = body([-1, 3])
+        document["metadata"]["name"] = name
+        document["spec"]["serving"] = value
+        return document
+
+    refused: list[tuple[str, dict[str, Any], str]] = [
+        ("words", {"replicas": "many"}, "expected an integer in [0, 1000] or one of ['auto']"),
+        ("toomany", {"replicas": 5000}, "expected an integer in [0, 1000]"),
+        ("auto", {"replicas": "auto"}, "replicas: 'auto' needs serving.targetThroughput"),
+    ]
+    for name, value, message in refused:
+        with pytest.raises(ApiException) as info:
+            custom.create_namespaced_custom_object(
+                "kiln.dev", "v1alpha1", ns, "optimizedmodels", serving(name, value)
+            )
+        assert info.value.status == 422, name
+        assert message in info.value.body, info.value.body
+    accepted: list[tuple[str, dict[str, Any]]] = [
+        ("count", {"replicas": 3}),
+        ("planned", {"replicas": "auto", "targetThroughput": 100}),
+    ]
+    for name, value in accepted:
+        custom.create_namespaced_custom_object(
+            "kiln.dev", "v1alpha1", ns, "optimizedmodels", serving(name, value)
+        )
+
 
 def _established(create: Callable[[], Any]) -> bool:
     try:

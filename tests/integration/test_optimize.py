@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,15 @@ def test_optimize_writes_status_and_report_then_reuses_everything(tiny: TinyExam
         assert [b["batchSize"] for b in cand["benchmarks"]] == [1, 4]
         assert "passed" in cand["accuracy"]
     assert by_name["pytorch-cpu-fp32"]["speedup"] == pytest.approx(1.0)
+    # Measured side by side: every benchmark has its rounds, interval and how they ended.
+    for bench in by_name["onnxruntime-cpu-fp32"]["benchmarks"]:
+        interval = bench["speedupInterval"]
+        assert interval["low"] <= bench["speedup"] <= interval["high"]
+        assert bench["rounds"] >= 2
+        assert bench["converged"] in (True, False)
+    assert cpu["environment"]["cpuThreads"] == 1
+    assert cpu["environment"]["threadsSource"] == "spec.benchmark.threads"
+    assert cpu["buildSeconds"] > 0
     assert by_name["onnxruntime-cpu-fp32"]["accuracy"]["passed"] is True
     assert by_name["onnxruntime-cpu-int8"]["artifact"].endswith("/model.onnx")
     cuda = next(t for t in status["targets"] if t["device"] == "cuda")
@@ -92,6 +102,30 @@ def test_selection_change_needs_no_new_measurement(tiny: TinyExample) -> None:
     assert "selected" not in cpu  # None is left out of the wire form
     assert "minSpeedup 1000x" in cpu["selectionReason"]
     assert len(tiny.manifests()) == count
+
+
+def test_capacity_and_cost_need_no_new_measurement(tiny: TinyExample) -> None:
+    assert run(str(tiny.spec_path), "--output", str(tiny.root / "a")).exit_code == 0
+    count = len(tiny.manifests())
+    tiny.write_spec(
+        tiny_spec(
+            serving={"targetThroughput": 5000, "replicas": "auto"},
+            cost={"hourly": {"cpu": 0.25}},
+        )
+    )
+    assert run(str(tiny.spec_path), "--output", str(tiny.root / "b")).exit_code == 0
+    assert len(tiny.manifests()) == count
+    status = status_of(tiny.root / "b")
+    cpu = status["targets"][0]
+    plan = cpu["capacity"]
+    baseline = next(c for c in cpu["candidates"] if c["name"] == cpu["baseline"])
+    measured = next(b for b in baseline["benchmarks"] if b["batchSize"] == plan["batchSize"])
+    assert plan["baselineReplicas"] == math.ceil(5000 / (measured["throughput"] * 0.8))
+    assert plan["baselineMonthlyCost"] == pytest.approx(plan["baselineReplicas"] * 0.25 * 730)
+    if status["phase"] == "Ready":
+        assert status["cheapestTarget"] == "cpu"
+        assert status["savings"].endswith("/mo")
+        assert "## Capacity and cost" in (tiny.root / "b" / "report.md").read_text()
 
 
 @pytest.mark.integration

@@ -135,8 +135,13 @@ def test_rounds_interleave_with_the_order_rotated() -> None:
     timed = machine.log[len(names) * SETTINGS.warmup_iterations :]
     # A window is one settling run and 4 timed runs of one runner.
     windows = [timed[i] for i in range(0, len(timed), 5)]
-    assert windows[:6] == ["base", "a", "b", "a", "b", "base"]
+    assert windows[:9] == ["base", "a", "b", "base", "b", "a", "b", "base", "a"]
     assert rotated(names, 2) == ["b", "base", "a"]
+    # Over rounds, every runner goes first and follows each of the others.
+    orders = [rotated(names, r) for r in range(6)]
+    assert {o[0] for o in orders} == set(names)
+    follows = {(o[i - 1], o[i]) for o in orders for i in range(1, len(o))}
+    assert follows == {(x, y) for x in names for y in names if x != y}
 
 
 def test_a_runner_that_fails_stops_and_the_rest_go_on() -> None:

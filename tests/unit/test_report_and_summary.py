@@ -82,6 +82,19 @@ def test_phase_and_summary() -> None:
         "cheapest_target": None,
         "savings": None,
     }
+    shaky = target("onnxruntime-cpu-fp32")
+    disturbed = shaky.model_copy(
+        update={
+            "candidates": [
+                c.model_copy(update={"disturbed": "CPU pressure 52% of the time"})
+                for c in shaky.candidates
+            ]
+        }
+    )
+    assert headline([disturbed])["best_speedup"] == "1.60x (disturbed)"
+    assert summary_of([disturbed]).endswith(
+        "; measurement disturbed: CPU pressure 52% of the time)"
+    )
     none = [target(None)]
     assert phase_of(none) is Phase.NO_IMPROVEMENT
     assert summary_of(none) == "no candidate selected (cpu: because)"

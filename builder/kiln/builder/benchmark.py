@@ -67,11 +67,14 @@ def window_size(seconds_per_run: float, settings: Benchmark) -> int:
 
 
 def rotated(names: list[str], round_index: int) -> list[str]:
-    """Round r starts with the r-th runner, so no runner always follows the same other one."""
+    """Round r starts with the r-th runner, and every other round runs backwards: no runner
+    always goes first, and none always follows the same other one (a runtime's threads
+    winding down touch whoever runs next)."""
     if not names:
         return []
     shift = round_index % len(names)
-    return names[shift:] + names[:shift]
+    order = names[shift:] + names[:shift]
+    return order[::-1] if round_index % 2 else order
 
 
 def speedup_ratios(baseline: Timings, candidate: Timings) -> list[float]:

@@ -46,6 +46,11 @@ def money(amount: float, currency: str = "$") -> str:
     return f"{sign}{currency}{abs(amount):,.0f}"
 
 
+def _speedup(chosen: CandidateStatus) -> str:
+    """A disturbed number never reads as a clean one, not even in a printer column."""
+    return f"{chosen.speedup:.2f}x" + (" (disturbed)" if chosen.disturbed else "")
+
+
 def headline(targets: list[TargetStatus]) -> Headline:
     """`best`, `bestSpeedup`, `readyTargets` and `savings` for the printer columns."""
     best = best_selected(targets)
@@ -55,7 +60,7 @@ def headline(targets: list[TargetStatus]) -> Headline:
     saved = plan.monthly_savings if plan else None
     return Headline(
         best=f"{best[0].name}@{best[1].name}" if best else None,
-        best_speedup=f"{best[0].speedup:.2f}x" if best else None,
+        best_speedup=_speedup(best[0]) if best else None,
         ready_targets=f"{ready}/{len(targets)}",
         cheapest_target=low.name if low else None,
         savings=None if plan is None or saved is None else f"{money(saved, plan.currency)}/mo",
@@ -67,9 +72,10 @@ def summary_of(targets: list[TargetStatus]) -> str:
     best = best_selected(targets)
     if best is not None:
         chosen, target = best
+        caveat = f"; measurement disturbed: {chosen.disturbed}" if chosen.disturbed else ""
         return (
             f"{chosen.speedup:.2f}x {chosen.name} on {target.name} "
-            f"(batch {chosen.batch_size}, vs {target.baseline})"
+            f"(batch {chosen.batch_size}, vs {target.baseline}{caveat})"
         )
     reasons = [f"{t.name}: {t.selection_reason or t.reason}" for t in targets]
     return "no candidate selected (" + "; ".join(reasons) + ")" if reasons else "no targets"
