@@ -6,6 +6,7 @@ from kiln.api.load import parse_document
 from kiln.api.spec import Backend, OptimizedModel, Precision
 from kiln.api.status import (
     AccuracyResult,
+    BatchBenchmark,
     CandidateStatus,
     Condition,
     Latency,
@@ -288,3 +289,47 @@ def test_names_are_bounded_and_stable() -> None:
     assert len(long) <= 63
     assert long == names.build_job("a" * 60, "NVIDIA-H100-80GB-HBM3", "req-target-0123456789abcdef")
     assert names.slug("NVIDIA H100_80GB") == "nvidia-h100-80gb"
+
+
+def measured(target: TargetStatus) -> TargetStatus:
+    """`result` with each candidate's headline throughput as its batch-1 benchmark."""
+
+    def bench(c: CandidateStatus) -> BatchBenchmark:
+        return BatchBenchmark(
+            batch_size=1,
+            latency_ms=Latency(p50=1, p90=1, p99=1, mean=1),
+            throughput=c.throughput or 0.0,
+            speedup=c.speedup,
+            spread_percent=1.0,
+            rounds=6,
+            iterations=60,
+            converged=True,
+        )
+
+    cands = [c.model_copy(update={"benchmarks": [bench(c)]}) for c in target.candidates]
+    return target.model_copy(update={"candidates": cands})
+
+
+def test_capacity_and_cost_change_no_request_key_and_size_the_deployment() -> None:
+    plain = model()
+    planned = model(
+        serving={"replicas": "auto", "targetThroughput": 1000},
+        cost={"hourly": {"NVIDIA-A10G": 1.2}},
+        selection={"preferSimplerWithin": 0.2},
+    )
+    _, keys = request_keys(observed(plain, export_done=True), CONFIG)
+    _, same = request_keys(observed(planned, export_done=True), CONFIG)
+    assert keys == same
+    results = {k: measured(result(t, f"r-{t}")) for t, k in keys.items()}
+    p = plan(observed(planned, export_done=True, results=results), CONFIG)
+    assert p.status is not None
+    gpu = next(t for t in p.status.targets if t.name == "NVIDIA-A10G")
+    assert gpu.capacity is not None
+    # 1000/s at 80 % of 150/s (ONNX Runtime) and of 100/s (PyTorch)
+    assert (gpu.capacity.selected_replicas, gpu.capacity.baseline_replicas) == (9, 13)
+    assert gpu.capacity.monthly_savings == round(4 * 1.2 * 730, 2)
+    assert p.status.cheapest_target == "NVIDIA-A10G"
+    deploy = next(
+        m for m in p.apply if m["kind"] == "Deployment" and m["metadata"]["name"].endswith("a10g")
+    )
+    assert deploy["spec"]["replicas"] == 9
