@@ -385,7 +385,8 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: 
     assert job_names(op, ns) == jobs_before
     assert apps.read_namespaced_deployment("tiny-cpu", ns).spec.replicas == 4
     row = kubectl(op.cluster, "get", PLURAL, "-n", ns).splitlines()[1]
-    assert row.split()[5] == status["savings"]
+    # (SPEEDUP may read "1.23x (disturbed)" when the cluster sharing the cores was busy)
+    assert f" {status['savings']} " in row
 
     events = client.CoreV1Api(op.api()).list_namespaced_event(
         ns, field_selector="involvedObject.name=tiny"
