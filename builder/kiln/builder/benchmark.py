@@ -119,7 +119,8 @@ def summarize(
     t: Timings,
     batch: int,
     interval: MedianInterval | None,
-    settings: Benchmark,
+    converged: bool,
+    rounds: Rounds,
     disturbed: str | None,
 ) -> BatchBenchmark:
     latencies = sorted(v for w in t.windows for v in w)
@@ -139,15 +140,17 @@ def summarize(
         spread_percent=spread_percent(t.means()),
         rounds=len(t.windows),
         iterations=len(latencies),
-        converged=interval is not None and interval.narrow(settings.interval_percent),
+        converged=converged,
         disturbed=disturbed,
+        cpu_pressure_percent=rounds.pressure_percent,
     )
 
 
 def results(
     rounds: Rounds, baseline: str, batch: int, settings: Benchmark
 ) -> dict[str, BatchBenchmark]:
-    """Each runner that measured at least one window, with its speedup over the baseline."""
+    """Each runner that measured at least one window, with its speedup over the baseline. The
+    baseline's own speedup is exactly 1, converged when the whole batch size's rounds were."""
     base = rounds.timings.get(baseline)
     usable_base = base if base is not None and base.windows else None
     # Robust to the odd slow window (a page fault, a timer tick): a disturbance is the
@@ -165,16 +168,12 @@ def results(
             continue
         if name == baseline:
             exact = MedianInterval(1.0, 1.0, 1.0, 1.0)
-            out[name] = summarize(t, batch, exact, settings, disturbed).model_copy(
-                update={"converged": rounds.converged}
-            )
-        else:
-            interval = speedup_interval(usable_base, t) if usable_base else None
-            out[name] = summarize(t, batch, interval, settings, disturbed)
-    return {
-        name: b.model_copy(update={"cpu_pressure_percent": rounds.pressure_percent})
-        for name, b in out.items()
-    }
+            out[name] = summarize(t, batch, exact, rounds.converged, rounds, disturbed)
+            continue
+        interval = speedup_interval(usable_base, t) if usable_base else None
+        narrow = interval is not None and interval.narrow(settings.interval_percent)
+        out[name] = summarize(t, batch, interval, narrow, rounds, disturbed)
+    return out
 
 
 def _timed_runs(runner: Runner, count: int, clock: Clock) -> list[float]:

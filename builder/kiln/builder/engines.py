@@ -14,7 +14,6 @@ from kiln.builder.environment import TargetPlan
 from kiln.builder.prepare import ModelArtifact, Prepared
 from kiln.runtime.base import Runner
 from kiln.runtime.ort_runner import OrtRunner
-from kiln.runtime.threads import available_threads
 from kiln.runtime.torch_runner import TorchRunner
 
 
@@ -49,12 +48,13 @@ def error_text(exc: BaseException) -> str:
 
 
 def build_candidate(
-    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, target: TargetPlan
+    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, target: TargetPlan, threads: int
 ) -> Built:
+    """`threads`: the count every runtime of the target gets (its environment's)."""
     started = time.perf_counter()
     try:
         with ctx.reporter.step(f"[{target.name}] build {plan.name}"):
-            runner, artifact, cached = _runner(ctx, plan, prepared, target)
+            runner, artifact, cached = _runner(ctx, plan, prepared, target, threads)
     except ModelUnavailableError as exc:
         return Built(None, _since(started), failure=str(exc))
     except Exception as exc:
@@ -67,7 +67,7 @@ def _since(started: float) -> float:
 
 
 def _runner(
-    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, target: TargetPlan
+    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, target: TargetPlan, threads: int
 ) -> tuple[Runner, str | None, bool]:
     """(runner, artifact URI, reused from storage)."""
     names = [t.name for t in ctx.spec.inputs]
@@ -85,7 +85,6 @@ def _runner(
         raise ModelUnavailableError(missing)
     outputs = ctx.spec.outputs
     if plan.backend is Backend.ONNXRUNTIME:
-        threads = available_threads(ctx.spec.benchmark.threads).count  # as for the baseline
         runner = OrtRunner(plan.name, model.path, outputs, device, threads)
         return runner, model.uri, model.cached
     from kiln.builder.tensorrt import tensorrt_engine

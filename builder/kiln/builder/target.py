@@ -78,8 +78,9 @@ def build_target(
         return reselect(stored.model_copy(update={"cached": True}), spec)
 
     started = time.perf_counter()
-    apply_torch_threads(env.cpu_threads or 1)
-    found = _measure_all(ctx, found, prepared, target, baseline)
+    threads = env.cpu_threads or 1
+    apply_torch_threads(threads)
+    found = _measure_all(ctx, found, prepared, target, baseline, threads)
     measured = measured_target(
         target, env, baseline, found, spec.decision_batch_size(), key, result_uri
     ).model_copy(update={"build_seconds": round(time.perf_counter() - started, 3)})
@@ -95,13 +96,18 @@ def build_target(
 
 
 def _measure_all(
-    ctx: BuildContext, found: list[Found], prepared: Prepared, target: TargetPlan, baseline: str
+    ctx: BuildContext,
+    found: list[Found],
+    prepared: Prepared,
+    target: TargetPlan,
+    baseline: str,
+    threads: int,
 ) -> list[Found]:
     """Build, verify and benchmark every candidate that is not skipped; runners are closed
     whatever happens."""
     runners: dict[str, Runner] = {}
     try:
-        found = [_built(ctx, f, prepared, target, runners) for f in found]
+        found = [_built(ctx, f, prepared, target, threads, runners) for f in found]
         found = _verify(ctx, found, runners, prepared, target)
         return _benchmark(ctx, found, runners, prepared, target, baseline)
     finally:
@@ -110,11 +116,16 @@ def _measure_all(
 
 
 def _built(
-    ctx: BuildContext, f: Found, prepared: Prepared, target: TargetPlan, runners: dict[str, Runner]
+    ctx: BuildContext,
+    f: Found,
+    prepared: Prepared,
+    target: TargetPlan,
+    threads: int,
+    runners: dict[str, Runner],
 ) -> Found:
     if f.plan.skip:
         return f
-    built = build_candidate(ctx, f.plan, prepared, target)
+    built = build_candidate(ctx, f.plan, prepared, target, threads)
     if built.runner is not None:
         runners[f.plan.name] = built.runner
     return replace(f, built=built, failure=built.failure)
