@@ -38,7 +38,8 @@ RUN python -m venv /opt/kiln \
     && /opt/kiln/bin/pip install --no-cache-dir "$(ls /wheels/kiln-*.whl)[builder,cpu,serve]"
 
 FROM ${PYTHON_IMAGE} AS builder
-# torch.compile's CPU backend compiles C++ at run time, so the compiler stays in this image.
+# AOTInductor (and torch.compile) compile C++ when a candidate is built, so the builder needs
+# a compiler. Serving a built package does not: `kiln serve` loads it with none on PATH.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
     && rm -rf /var/lib/apt/lists/*
@@ -50,6 +51,7 @@ WORKDIR /home/kiln
 ENTRYPOINT ["kiln"]
 
 # ---- builder-gpu: TensorRT base image plus onnxruntime-gpu -------------------------------
+# The TensorRT image carries g++ (for its samples), which AOTInductor's host code needs.
 FROM ${TENSORRT_IMAGE} AS builder-gpu-venv
 COPY --from=wheel /wheels /wheels
 # The base image already carries TensorRT's Python bindings; the venv sees them.

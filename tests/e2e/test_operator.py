@@ -273,6 +273,33 @@ def serve_like_the_deployment(
         log.close()
 
 
+def check_answer(url: str, model: str, precision: str) -> None:
+    """An inference through the server matches the uploaded model within the gate the served
+    candidate passed: element-wise for FP32, relative L2 for INT8."""
+    image = np.random.default_rng(5).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    request = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [3, 3, 16, 16],
+                "datatype": "FP32",
+                "data": image.ravel().tolist(),
+            }
+        ]
+    }
+    answer = httpx.post(f"{url}/v2/models/{model}/infer", json=request, timeout=30)
+    assert answer.status_code == 200, answer.text
+    (output,) = answer.json()["outputs"]
+    got = np.asarray(output["data"], np.float32).reshape(output["shape"])
+    with torch.no_grad():
+        expected = build().eval()(torch.from_numpy(image)).numpy()  # the uploaded model
+    if precision == "int8":
+        error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+        assert error <= 0.2, f"relative L2 error {error:.3f} over int8MaxDegradation"
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
 def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: Path) -> None:
     op = operator
     ns = namespace(op, "ready")
@@ -335,29 +362,7 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: 
         meta = httpx.get(f"{url}/v2/models/tiny", timeout=5).json()
         assert meta["versions"] == [cpu["cacheKey"]]
         assert meta["platform"] == cpu["selected"]
-        image = np.random.default_rng(5).standard_normal((3, 3, 16, 16)).astype(np.float32)
-        request = {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [3, 3, 16, 16],
-                    "datatype": "FP32",
-                    "data": image.ravel().tolist(),
-                }
-            ]
-        }
-        answer = httpx.post(f"{url}/v2/models/tiny/infer", json=request, timeout=30)
-        assert answer.status_code == 200, answer.text
-        (output,) = answer.json()["outputs"]
-        got = np.asarray(output["data"], np.float32).reshape(output["shape"])
-        with torch.no_grad():
-            expected = build().eval()(torch.from_numpy(image)).numpy()  # the uploaded model
-        # The gate the served candidate passed: element-wise for FP32, relative L2 for INT8.
-        if selected["precision"] == "int8":
-            error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
-            assert error <= 0.2, f"relative L2 error {error:.3f} over int8MaxDegradation"
-        else:
-            np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+        check_answer(url, "tiny", selected["precision"])
 
     jobs_before = job_names(op, ns)
     assert len(jobs_before) == 5  # one export + one per target
@@ -399,6 +404,30 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: 
         assert json.loads(response.read())["reconcileLoops"] >= 1
 
     delete_and_wait_for_collection(op, ns, "tiny")
+
+
+def test_an_aotinductor_engine_is_built_selected_and_served(
+    operator: Operator, tmp_path: Path
+) -> None:
+    """A package compiled by the target's build Job, chosen, and loaded by the Deployment's
+    server from object storage."""
+    op = operator
+    ns = namespace(op, "aoti")
+    backends = ["pytorch", "aotinductor"]
+    apply(op, resource("compiled", ns, backends=backends, precisions=["fp32"]))
+    status = wait_status(op, ns, "compiled", ready(), "phase Ready", timeout=600)
+    cpu = next(t for t in status["targets"] if t["name"] == "cpu")
+    assert cpu["selected"] == "aotinductor-cpu-fp32"
+    chosen = next(c for c in cpu["candidates"] if c["name"] == cpu["selected"])
+    assert chosen["artifact"].startswith("s3://kiln/artifacts/aoti-")
+    assert chosen["accuracy"]["passed"] is True
+    with serve_like_the_deployment(op, ns, "compiled-cpu", tmp_path) as (url, engine):
+        assert engine == cpu["cacheKey"]
+        assert httpx.get(f"{url}/v2/models/compiled", timeout=5).json()["platform"] == (
+            "aotinductor-cpu-fp32"
+        )
+        check_answer(url, "compiled", "fp32")
+    delete_and_wait_for_collection(op, ns, "compiled")
 
 
 def test_stored_results_mean_no_job_at_all(operator: Operator) -> None:

@@ -27,7 +27,7 @@ def test_gpu_target_runs_every_available_candidate(tiny: TinyExample) -> None:
     tiny.write_spec(
         tiny_spec(
             targets={"cpu": False},
-            backends=["pytorch", "onnxruntime", "tensorrt"],
+            backends=["pytorch", "aotinductor", "onnxruntime", "tensorrt"],
             precisions=["fp32", "fp16", "int8"],
         )
     )
@@ -48,6 +48,11 @@ def test_gpu_target_runs_every_available_candidate(tiny: TinyExample) -> None:
             assert cand["throughput"] > 0
     if cands.get("onnxruntime-cuda-fp32", {}).get("state") == "OK":
         assert cands["onnxruntime-cuda-fp32"]["accuracy"]["passed"]
+    # AOTInductor needs nothing PyTorch does not ship: both packages build and pass their gates.
+    for name in ("aotinductor-cuda-fp32", "aotinductor-cuda-fp16"):
+        assert cands[name]["state"] == "OK", (name, cands[name].get("reason"))
+        assert cands[name]["accuracy"]["passed"], cands[name]["accuracy"]
+        assert cands[name]["artifact"].endswith("/model.pt2")
 
 
 def test_tensorrt_build_failure_is_reported_not_fatal(tmp_path: Path) -> None:
@@ -73,3 +78,34 @@ def test_tensorrt_build_failure_is_reported_not_fatal(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "error: TensorRT could not parse the ONNX model" in proc.stderr
     assert not (tmp_path / "e.plan").exists()
+
+
+def test_a_cuda_package_runs_on_this_gpu_and_is_refused_on_the_cpu(tiny: TinyExample) -> None:
+    """The CUDA package runs on this GPU; the same package on a CPU runner is
+    refused by its recorded device type before anything is loaded."""
+    from kiln.runtime.aoti_runner import AotiRunner, IncompatiblePackageError
+    from kiln.storage.objects import parse_uri
+
+    tiny.write_spec(
+        tiny_spec(
+            targets={"cpu": False},
+            backends=["pytorch", "aotinductor"],
+            precisions=["fp32"],
+            calibration=None,
+            selection={"minSpeedup": 0.01},
+        )
+    )
+    out = tiny.root / "out"
+    result = CliRunner().invoke(app, ["optimize", str(tiny.spec_path), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    (target,) = json.loads((out / "status.json").read_text())["targets"]
+    assert target["selected"] == "aotinductor-cuda-fp32"
+    chosen = next(c for c in target["candidates"] if c["name"] == target["selected"])
+    package = Path(parse_uri(chosen["artifact"]).key)
+    runner = AotiRunner("gpu", package, ["image"], "cuda:0", 1)
+    image = torch.randn(2, 3, 16, 16).numpy()
+    runner.prepare({"image": image})
+    runner.run()
+    assert runner.outputs()[0].shape == (2, 4)
+    with pytest.raises(IncompatiblePackageError, match="compiled for device type cuda"):
+        AotiRunner("cpu", package, ["image"], "cpu")

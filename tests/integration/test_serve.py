@@ -47,12 +47,15 @@ class Server:
         return (client or httpx).post(f"{self.url}/v2/models/tiny/infer", json=body, timeout=30)
 
 
-def start(out: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    out: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
         [KILN, "serve", "--from", str(out), "--port", str(port), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -60,13 +60,34 @@ def test_targets_without_gpu_list_a_skipped_cuda_target() -> None:
 
 def test_cpu_candidates_and_baseline() -> None:
     plans = plan_candidates(spec(), TargetPlan("cpu", "cpu"), NO_GPU)
+    # torch-compile is opt-in (AOTInductor is its deployable form); not in the defaults.
     assert [p.name for p in plans] == [
         "pytorch-cpu-fp32",
-        "torch-compile-cpu-fp32",
+        "aotinductor-cpu-fp32",
         "onnxruntime-cpu-fp32",
         "onnxruntime-cpu-int8",
     ]
     assert all(p.skip is None for p in plans)
+    every = spec(backends=["pytorch", "torch-compile", "aotinductor", "onnxruntime"])
+    assert "torch-compile-cpu-fp32" in [p.name for p in plan_candidates(every, CPU, NO_GPU)]
+
+
+CPU = TargetPlan("cpu", "cpu")
+
+
+def test_aotinductor_needs_an_exported_program_and_a_compiler() -> None:
+    def skip(over: dict[str, Any], caps: Capabilities = NO_GPU) -> str | None:
+        plans = {p.name: p.skip for p in plan_candidates(spec(**over), CPU, caps)}
+        return plans["aotinductor-cpu-fp32"]
+
+    assert skip({}) is None
+    assert skip({"source": {"uri": "m.pt", "format": "factory", "factory": "mod:make"}}) is None
+    assert "TorchScript archive cannot be exported" in (
+        skip({"source": {"uri": "m.ts", "format": "torchscript"}}) or ""
+    )
+    assert "no PyTorch module" in (skip({"source": {"uri": "m.onnx"}}) or "")
+    no_compiler = Capabilities(**{**NO_GPU.__dict__, "cpp_compiler": False})
+    assert "needs a C++ compiler" in (skip({}, no_compiler) or "")
 
 
 def test_gpu_candidates_are_skipped_with_reasons_without_gpu_packages() -> None:
@@ -85,8 +106,10 @@ def test_gpu_candidates_are_skipped_with_reasons_without_gpu_packages() -> None:
     assert plans["pytorch-cuda-fp32"] is None
     assert plans["tensorrt-cuda-int8"] == "tensorrt is not installed"
     assert "no CUDAExecutionProvider" in (plans["onnxruntime-cuda-fp16"] or "")
+    assert plans["aotinductor-cuda-fp32"] is None
+    assert plans["aotinductor-cuda-fp16"] is None  # PyTorch ships everything it needs
     full = plan_candidates(spec(), TargetPlan("NVIDIA-H100-80GB-HBM3", "cuda"), H100)
-    assert len(full) == 6
+    assert len(full) == 7
     assert all(p.skip is None for p in full)
 
 
@@ -100,5 +123,5 @@ def test_spec_filters_backends_and_precisions_but_keeps_the_baseline() -> None:
 def test_onnx_source_uses_onnxruntime_as_baseline() -> None:
     plans = plan_candidates(spec(source={"uri": "m.onnx"}), TargetPlan("cpu", "cpu"), NO_GPU)
     skipped = {p.name: p.skip for p in plans}
-    assert "there is no PyTorch module" in (skipped["torch-compile-cpu-fp32"] or "")
+    assert "there is no PyTorch module" in (skipped["aotinductor-cpu-fp32"] or "")
     assert skipped["onnxruntime-cpu-fp32"] is None

@@ -63,3 +63,10 @@ def test_final_stages_run_as_non_root_without_build_tooling() -> None:
         assert not any(line.startswith(("COPY operator/", "COPY builder/")) for line in lines), (
             target
         )  # sources only reach the wheel stage
+
+
+def test_the_cpu_builder_has_the_compiler_aotinductor_builds_with() -> None:
+    lines = stages()["builder"]
+    assert any(re.search(r"apt-get install .*\bg\+\+=", line) for line in lines)
+    # and the operator image, which never compiles or loads a model, has none
+    assert not any("g++" in line for line in stages()["operator"])

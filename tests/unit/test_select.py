@@ -17,12 +17,13 @@ def cand(
     p99: float = 10.0,
     passed: bool = True,
     state: State = State.OK,
+    precision: Precision = Precision.FP32,
 ) -> CandidateStatus:
     acc = AccuracyResult(passed=passed, criterion="c", samples=1, max_abs_error=0, relative_error=0)
     return CandidateStatus(
         name=name,
         backend=backend,
-        precision=Precision.FP32,
+        precision=precision,
         device="cpu",
         state=state,
         throughput=throughput,
@@ -79,7 +80,10 @@ def test_failed_gates_and_failed_builds_are_never_selected() -> None:
         ]
     )
     assert chosen is None
-    assert why == "no servable (ONNX Runtime or TensorRT) candidate passed its accuracy gate"
+    assert (
+        why
+        == "no servable (ONNX Runtime, AOTInductor or TensorRT) candidate passed its accuracy gate"
+    )
 
 
 def ranked(
@@ -185,3 +189,16 @@ def test_challenge_reasons() -> None:
     assert "within preferSimplerWithin 0.1" in verdict.note
     verdict = challenge(simple, ranked(*INT8, 1.5), Objective.MAX_THROUGHPUT, 0.10)
     assert verdict.wins
+
+
+def test_aotinductor_ranks_with_the_fp32_engines_and_its_fp16_with_fp16() -> None:
+    # Same rank as ONNX Runtime FP32: the faster of the two is served, no challenge needed.
+    aoti = cand("aotinductor-cpu-fp32", Backend.AOTINDUCTOR, 27, 2.7)
+    chosen, why = pick([cand("ort", Backend.ONNXRUNTIME, 15, 1.5), aoti])
+    assert chosen == "aotinductor-cpu-fp32"
+    assert why.startswith("highest throughput")
+    # Its FP16 package is an FP16 engine: it must pay for the looser gate.
+    half = cand("aotinductor-cuda-fp16", Backend.AOTINDUCTOR, 28, 2.8, precision=Precision.FP16)
+    chosen, why = pick([aoti, half])
+    assert chosen == "aotinductor-cpu-fp32"
+    assert "within preferSimplerWithin" in why

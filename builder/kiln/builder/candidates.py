@@ -23,12 +23,15 @@ class CandidatePlan:
 _CPU = [
     (Backend.PYTORCH, Precision.FP32),
     (Backend.TORCH_COMPILE, Precision.FP32),
+    (Backend.AOTINDUCTOR, Precision.FP32),
     (Backend.ONNXRUNTIME, Precision.FP32),
     (Backend.ONNXRUNTIME, Precision.INT8),
 ]
 _CUDA = [
     (Backend.PYTORCH, Precision.FP32),
     (Backend.TORCH_COMPILE, Precision.FP32),
+    (Backend.AOTINDUCTOR, Precision.FP32),
+    (Backend.AOTINDUCTOR, Precision.FP16),
     (Backend.ONNXRUNTIME, Precision.FP32),
     (Backend.ONNXRUNTIME, Precision.FP16),
     (Backend.TENSORRT, Precision.FP16),
@@ -46,7 +49,7 @@ def baseline_of(spec: OptimizedModelSpec, device: str) -> CandidatePlan:
 def plan_candidates(
     spec: OptimizedModelSpec, target: TargetPlan, caps: Capabilities
 ) -> list[CandidatePlan]:
-    onnx_source = spec.source.resolved_format() is SourceFormat.ONNX
+    source = spec.source.resolved_format()
     baseline = baseline_of(spec, target.device)
     plans: list[CandidatePlan] = []
     for backend, precision in _CUDA if target.device == "cuda" else _CPU:
@@ -55,18 +58,36 @@ def plan_candidates(
         if not is_baseline and (backend not in spec.backends or precision not in spec.precisions):
             continue
         plans.append(
-            CandidatePlan(backend, precision, target.device, _skip(plan, target, caps, onnx_source))
+            CandidatePlan(backend, precision, target.device, _skip(plan, target, caps, source))
         )
     return plans
 
 
+_TORCH_BACKENDS = (Backend.PYTORCH, Backend.TORCH_COMPILE, Backend.AOTINDUCTOR)
+
+
+def _aoti_skip(source: SourceFormat, caps: Capabilities) -> str | None:
+    if source is SourceFormat.TORCHSCRIPT:
+        return (
+            "AOTInductor compiles a torch.export program; a TorchScript archive cannot be "
+            "exported (give the model as a .pt2 program or a factory)"
+        )
+    if not caps.cpp_compiler:
+        # The package's host code is C++ on every device type, CUDA included.
+        return "AOTInductor needs a C++ compiler to build (none on PATH)"
+    return None
+
+
 def _skip(
-    plan: CandidatePlan, target: TargetPlan, caps: Capabilities, onnx_source: bool
+    plan: CandidatePlan, target: TargetPlan, caps: Capabilities, source: SourceFormat
 ) -> str | None:
     if target.skip:
         return target.skip
-    if onnx_source and plan.backend in (Backend.PYTORCH, Backend.TORCH_COMPILE):
+    onnx_source = source is SourceFormat.ONNX
+    if onnx_source and plan.backend in _TORCH_BACKENDS:
         return "the source is an ONNX model: there is no PyTorch module to run"
+    if plan.backend is Backend.AOTINDUCTOR:
+        return _aoti_skip(source, caps)
     if plan.backend is Backend.TORCH_COMPILE and plan.device == "cpu" and not caps.cpp_compiler:
         return "torch.compile on CPU needs a C++ compiler (none on PATH)"
     if plan.device == "cuda":

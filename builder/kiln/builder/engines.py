@@ -1,5 +1,6 @@
 """Build one candidate: the runner that the accuracy check and the benchmark use, from the
-PyTorch module, the ONNX model of its precision, or a TensorRT engine."""
+PyTorch module, an AOTInductor package, the ONNX model of its precision, or a TensorRT
+engine."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import time
 from dataclasses import dataclass
 
 from kiln.api.spec import Backend, Precision
+from kiln.builder.aoti import CandidateBuildError, aoti_package
 from kiln.builder.candidates import CandidatePlan
 from kiln.builder.context import BuildContext
 from kiln.builder.environment import TargetPlan
 from kiln.builder.prepare import ModelArtifact, Prepared
+from kiln.runtime.aoti_runner import AotiRunner
 from kiln.runtime.base import Runner
 from kiln.runtime.ort_runner import OrtRunner
 from kiln.runtime.torch_runner import TorchRunner
@@ -57,6 +60,8 @@ def build_candidate(
             runner, artifact, cached = _runner(ctx, plan, prepared, target, threads)
     except ModelUnavailableError as exc:
         return Built(None, _since(started), failure=str(exc))
+    except CandidateBuildError as exc:
+        return Built(None, _since(started), failure=f"build failed: {exc}")
     except Exception as exc:
         return Built(None, _since(started), failure=f"build failed: {error_text(exc)}")
     return Built(runner, _since(started), artifact, cached)
@@ -80,6 +85,13 @@ def _runner(
             module = copy.deepcopy(module).to(device)
         compiled = plan.backend is Backend.TORCH_COMPILE
         return TorchRunner(plan.name, module, names, device, compile_model=compiled), None, False
+    if plan.backend is Backend.AOTINDUCTOR:
+        package = aoti_package(ctx, plan, prepared, target.name, threads)
+        return (
+            AotiRunner(plan.name, package.path, names, device, threads),
+            package.uri,
+            package.cached,
+        )
     model, missing = model_for(plan, prepared)
     if model is None:
         raise ModelUnavailableError(missing)

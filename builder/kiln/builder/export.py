@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,7 @@ import torch
 from kiln.api.errors import KilnInputError
 from kiln.api.spec import OptimizedModelSpec, SourceFormat
 from kiln.builder.feeds import random_feeds
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def root_cause(exc: BaseException) -> str:
-    """The innermost cause's first line: the exporter wraps the useful message (e.g. `No ONNX
-    function found for aten._linalg_svd`) in several layers of generic advice."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = _ANSI.sub("", str(exc)).strip()
-    return (text.splitlines() or [type(exc).__name__])[0][:400]
+from kiln.runtime.errors import root_cause
 
 
 def export_settings(spec: OptimizedModelSpec) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from dataclasses import replace
 from kiln.api.keys import cache_key
 from kiln.api.layout import MODEL_DOCUMENT, RESULT_FILE
 from kiln.api.select import reselect
-from kiln.api.spec import Backend
+from kiln.api.spec import Backend, OptimizedModelSpec
 from kiln.api.status import BatchBenchmark, Environment, TargetStatus
+from kiln.builder.aoti import package_key
 from kiln.builder.assemble import Found, measured_target, skipped_target
 from kiln.builder.benchmark import measure_rounds, results
 from kiln.builder.candidates import CandidatePlan, baseline_of, plan_candidates
@@ -25,13 +26,21 @@ from kiln.runtime.base import Runner, infer
 from kiln.runtime.threads import apply_torch_threads, available_threads
 
 
-def candidate_key(plan: CandidatePlan, prepared: Prepared, env: Environment) -> str:
+def candidate_key(
+    spec: OptimizedModelSpec, plan: CandidatePlan, prepared: Prepared, env: Environment
+) -> str:
+    """Everything a candidate's measurement depends on: the model it runs (the ONNX model, or
+    for AOTInductor the package's own key, which covers the CPU's instruction sets)."""
     model, _ = model_for(plan, prepared)
     onnx_based = plan.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT)
+    built_from = model.key if model is not None and onnx_based else None
+    if plan.backend is Backend.AOTINDUCTOR and plan.skip is None:
+        threads = env.cpu_threads or 1
+        built_from = package_key(spec, plan, prepared.source.digest, env.device_type, threads)
     return cache_key(
         "cand",
         name=plan.name,
-        model=model.key if model is not None and onnx_based else None,
+        model=built_from,
         source=prepared.source.digest,
         device=env.device_type,
         torch=env.torch,
@@ -65,7 +74,7 @@ def build_target(
     env = environment(target, caps, available_threads(spec.benchmark.threads))
     baseline = baseline_of(spec, target.device).name
     plans = plan_candidates(spec, target, caps)
-    found = [Found(p, candidate_key(p, prepared, env)) for p in plans]
+    found = [Found(p, candidate_key(spec, p, prepared, env)) for p in plans]
     if target.skip:
         return skipped_target(target, env, baseline, found)
     key = result_key(ctx, target, env, found, prepared)

@@ -256,9 +256,9 @@ def serve(
         gpu = local_gpu()
         served = check_servable(model, pick_target(targets, target, gpu), gpu)
         artifact = fetch_artifact(storage, served.candidate.artifact or "", cache / "objects")
+        runner = open_runner(served, artifact, threads)
     except KilnError as exc:
         _fail(exc)
-    runner = open_runner(served, artifact, threads)
     spec = model.spec
     warmup = {
         t.name: np.zeros(t.concrete_shape(1), dtype=NUMPY_DTYPES[t.dtype]) for t in spec.inputs

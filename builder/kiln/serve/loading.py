@@ -113,15 +113,50 @@ def fetch_artifact(storage: Storage, uri: str, cache_dir: Path) -> Path:
         raise KilnInputError(uri, str(exc)) from None
 
 
+def release(version: str) -> str:
+    """`2.15.0+cu132` -> `2.15.0`: CPU and CUDA builds of one release share the package ABI."""
+    return version.split("+", 1)[0]
+
+
+def torch_mismatch(built_with: str | None, here: str) -> str | None:
+    """An AOTInductor package links against the libtorch it was compiled with."""
+    if built_with is None or release(built_with) == release(here):
+        return None
+    return f"compiled with torch {built_with}, this server has torch {here}"
+
+
 def open_runner(served: Served, artifact: Path, threads: int | None) -> Any:
+    """The runner for the served candidate; a package this machine cannot run is refused
+    (KilnInputError) before it is loaded."""
     outputs = served.model.spec.outputs
     device = "cuda:0" if served.target.device == "cuda" else "cpu"
+    name = served.candidate.name
+    # Sized like the benchmark's runtimes: to the pod's CPU quota, not the node's cores.
+    count = available_threads(threads).count
     if served.candidate.backend is Backend.TENSORRT:
         from kiln.runtime.trt_runner import TrtRunner
 
-        return TrtRunner(served.candidate.name, artifact, outputs, device)
+        return TrtRunner(name, artifact, outputs, device)
+    if served.candidate.backend is Backend.AOTINDUCTOR:
+        return _aoti_runner(served, artifact, device, count)
     from kiln.runtime.ort_runner import OrtRunner
 
-    # Sized like the benchmark's runtimes: to the pod's CPU quota, not the node's cores.
-    count = available_threads(threads).count
-    return OrtRunner(served.candidate.name, artifact, outputs, device, count)
+    return OrtRunner(name, artifact, outputs, device, count)
+
+
+def _aoti_runner(served: Served, artifact: Path, device: str, threads: int) -> Any:
+    import torch
+
+    from kiln.runtime.aoti_runner import AotiRunner, IncompatiblePackageError
+
+    where = f"target {served.target.name}/{served.candidate.name}"
+    why = torch_mismatch(
+        served.target.environment.torch if served.target.environment else None, torch.__version__
+    )
+    if why is not None:
+        raise KilnInputError(where, f"refusing to serve: {why}")
+    names = [t.name for t in served.model.spec.inputs]
+    try:
+        return AotiRunner(served.candidate.name, artifact, names, device, threads)
+    except IncompatiblePackageError as exc:
+        raise KilnInputError(where, f"refusing to serve: {exc}") from None

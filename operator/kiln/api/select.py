@@ -16,13 +16,13 @@ from kiln.api.spec import Backend, Objective, OptimizedModelSpec, Precision, Sel
 from kiln.api.status import CandidateStatus, Interval, State, TargetStatus
 
 # Only these can be loaded by `kiln serve`; torch.compile is measured for comparison.
-SERVABLE = frozenset({Backend.ONNXRUNTIME, Backend.TENSORRT})
+SERVABLE = frozenset({Backend.ONNXRUNTIME, Backend.AOTINDUCTOR, Backend.TENSORRT})
 
 
 class Complexity(IntEnum):
     """Simplest first: what a candidate costs in accuracy risk and upkeep."""
 
-    FP32 = 0  # ONNX Runtime and other FP32 engines: the reference numerics
+    FP32 = 0  # ONNX Runtime, AOTInductor: FP32 engines with the reference numerics
     FP16 = 1  # half precision: a looser accuracy gate
     TENSORRT_FP16 = 2  # an engine tied to one GPU architecture and one TensorRT version
     INT8 = 3  # calibration data and a quality check to keep up
@@ -160,7 +160,9 @@ def _why_none(
     if not verified:
         return "no candidate passed its accuracy gate"
     if not servable:
-        return "no servable (ONNX Runtime or TensorRT) candidate passed its accuracy gate"
+        return (
+            "no servable (ONNX Runtime, AOTInductor or TensorRT) candidate passed its accuracy gate"
+        )
     best = max(servable, key=lambda c: c.speedup or 0.0)
     if (best.speedup or 0.0) < selection.min_speedup:
         return (

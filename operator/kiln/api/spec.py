@@ -43,9 +43,14 @@ class DType(StrEnum):
 
 class Backend(StrEnum):
     PYTORCH = "pytorch"  # eager: always measured, it is the baseline
-    TORCH_COMPILE = "torch-compile"
+    TORCH_COMPILE = "torch-compile"  # a measured reference: what a user might pick instead
+    AOTINDUCTOR = "aotinductor"  # torch.compile ahead of time: a package per device type
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
+
+
+# torch-compile is opt-in: AOTInductor is its deployable form and measured the same.
+DEFAULT_BACKENDS: tuple[Backend, ...] = tuple(b for b in Backend if b is not Backend.TORCH_COMPILE)
 
 
 class Precision(StrEnum):
@@ -371,7 +376,7 @@ class OptimizedModelSpec(KilnModel):
         list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=32)
     ] = Field(default_factory=lambda: [1])
     backends: Annotated[list[Backend], Field(min_length=1)] = Field(
-        default_factory=lambda: list(Backend)
+        default_factory=lambda: list(DEFAULT_BACKENDS)
     )
     precisions: Annotated[list[Precision], Field(min_length=1)] = Field(
         default_factory=lambda: list(Precision)

@@ -1,0 +1,185 @@
+"""AOTInductor packages for one device type: the key, the exported program a package is
+compiled from, the stored package, and the compile in a subprocess (a crash inside Inductor or
+the C++ compiler is a FAILED candidate, not a dead builder).
+
+The program is the source's own `torch.export` program where it can be used as it is (an FP32
+package from a `.pt2` source); otherwise the module is exported here with the spec's dynamic
+batch axis (min 1, max the largest batch size), on the target's device, and for FP16 wrapped so
+the package takes and returns the spec's dtypes and computes in half precision inside."""
+
+from __future__ import annotations
+
+import copy
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kiln.api.keys import cache_key
+from kiln.api.spec import OptimizedModelSpec, Precision, SourceFormat
+from kiln.builder.candidates import CandidatePlan
+from kiln.builder.context import BuildContext
+from kiln.builder.feeds import random_feeds
+from kiln.builder.prepare import ModelArtifact, Prepared
+from kiln.runtime.aoti_build import INDUCTOR_CONFIGS
+from kiln.runtime.cpu_isa import build_isa
+from kiln.runtime.errors import root_cause
+from kiln.runtime.torch_runner import flatten_outputs
+
+PACKAGE_FILE = "model.pt2"
+PROGRAM_FILE = "program.pt2"
+COMPILE_TIMEOUT_S = 3600
+
+
+class CandidateBuildError(RuntimeError):
+    """A candidate cannot be built from this model (its message is the whole reason)."""
+
+
+def uses_source_program(spec: OptimizedModelSpec, plan: CandidatePlan) -> bool:
+    return (
+        spec.source.resolved_format() is SourceFormat.EXPORTED and plan.precision is Precision.FP32
+    )
+
+
+def program_settings(spec: OptimizedModelSpec, plan: CandidatePlan) -> dict[str, Any]:
+    """What the compiled program depends on besides the source's bytes."""
+    if uses_source_program(spec, plan):
+        return {"program": "source"}
+    return {
+        "program": "export",
+        "inputs": [t.to_wire() for t in spec.inputs],
+        "maxBatch": spec.batch_sizes[-1],
+    }
+
+
+def target_isa(device: str) -> str | None:
+    """The CPU instruction sets a CPU package is compiled for (part of its key); None on CUDA,
+    where the kernels are compiled for the GPU and the GPU type is in the key."""
+    if device != "cpu":
+        return None
+    try:
+        return build_isa()
+    except Exception as exc:  # no working compiler: the candidate is skipped for that anyway
+        return f"unknown ({type(exc).__name__})"
+
+
+def package_key(
+    spec: OptimizedModelSpec, plan: CandidatePlan, source: str, device_type: str, threads: int
+) -> str:
+    return cache_key(
+        "aoti",
+        source=source,
+        settings=program_settings(spec, plan),
+        precision=plan.precision.value,
+        device=device_type,
+        isa=target_isa(plan.device),
+        torch=torch.__version__,
+        cuda=torch.version.cuda if plan.device == "cuda" else None,
+        inductor=INDUCTOR_CONFIGS,
+        # Inductor splits loops for the build's thread count (the package runs correctly at
+        # any count; it is fastest at this one).
+        threads=threads,
+    )
+
+
+def aoti_package(
+    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, device_type: str, threads: int
+) -> ModelArtifact:
+    """The stored package for this program, device type and CPU, or a new one compiled and
+    published (manifest last: a compile that dies leaves nothing marked built)."""
+    key = package_key(ctx.spec, plan, prepared.source.digest, device_type, threads)
+    uri = ctx.artifacts.location(key, PACKAGE_FILE).uri
+    if not ctx.force and ctx.artifacts.manifest(key) is not None:
+        return ModelArtifact(key, ctx.artifacts.fetch(key, PACKAGE_FILE), uri, cached=True)
+    work = ctx.work_dir / key
+    work.mkdir(parents=True, exist_ok=True)
+    program = _program(ctx.spec, plan, prepared, work / PROGRAM_FILE)
+    package = work / PACKAGE_FILE
+    package.unlink(missing_ok=True)
+    compile_in_subprocess(program, package, threads)
+    meta = {"stage": "aotinductor", "device": device_type, "torch": torch.__version__}
+    ctx.artifacts.publish(key, {PACKAGE_FILE: package}, {**meta, "isa": target_isa(plan.device)})
+    return ModelArtifact(key, package, uri, cached=False)
+
+
+def _program(spec: OptimizedModelSpec, plan: CandidatePlan, prepared: Prepared, out: Path) -> Path:
+    device = "cuda:0" if plan.device == "cuda" else "cpu"
+    if uses_source_program(spec, plan):
+        if device == "cpu":
+            return prepared.source.path
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(torch.export.load(str(prepared.source.path)), device)
+    else:
+        if prepared.module is None:
+            raise CandidateBuildError("no PyTorch module to export")
+        program = export_program(prepared.module, spec, device, plan.precision)
+    torch.export.save(program, str(out))
+    return out
+
+
+class HalfPrecision(torch.nn.Module):
+    """Runs `module` in FP16 behind the spec's dtypes: floating inputs are cast to half on the
+    way in, outputs to float32 on the way out, so an FP16 package serves the same contract."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module.half()
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cast = [a.half() if a.is_floating_point() else a for a in args]
+        return tuple(t.float() for t in flatten_outputs(self.module(*cast)))
+
+
+def export_program(
+    module: Any, spec: OptimizedModelSpec, device: str, precision: Precision
+) -> torch.export.ExportedProgram:
+    """torch.export of the module with the batch axis dynamic from 1 to the largest batch
+    size. Traced at batch 2 where it can be: at 1, export specialises the axis to a constant."""
+    largest = spec.batch_sizes[-1]
+    dynamic = largest >= 2 and all(t.dynamic_batch for t in spec.inputs)
+    feeds = random_feeds(spec.inputs, 2 if dynamic else spec.batch_sizes[0], seed=1)
+    args = tuple(torch.from_numpy(feeds[t.name]).to(device) for t in spec.inputs)
+    batch = torch.export.Dim("batch", min=1, max=largest)
+    # Positional, so the spec's input names need not match the forward's argument names.
+    shapes = tuple({0: batch} if dynamic else None for _ in spec.inputs)
+    model = copy.deepcopy(module).to(device)
+    if precision is Precision.FP16:
+        model = HalfPrecision(model)
+    try:
+        return torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
+    except Exception as exc:
+        raise CandidateBuildError(
+            f"torch.export cannot export this model: {root_cause(exc)}"
+        ) from None
+
+
+def compile_in_subprocess(program: Path, package: Path, threads: int) -> None:
+    args = [sys.executable, "-m", "kiln.runtime.aoti_build"]
+    args += ["--program", str(program), "--package", str(package), "--threads", str(threads)]
+    try:
+        proc = subprocess.run(
+            args, capture_output=True, text=True, check=False, timeout=COMPILE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        raise CandidateBuildError(
+            f"AOTInductor compile took longer than {COMPILE_TIMEOUT_S} s"
+        ) from None
+    if proc.returncode == 0 and package.is_file():
+        return
+    raise CandidateBuildError(f"AOTInductor compile failed: {compile_failure(proc)}")
+
+
+def compile_failure(proc: subprocess.CompletedProcess[str]) -> str:
+    """The subprocess's `error:` line, or how it died."""
+    lines = (proc.stderr or "").strip().splitlines()
+    reported = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    if reported:
+        return reported[-1]
+    if proc.returncode < 0:
+        return f"the compiler process was killed by {signal.Signals(-proc.returncode).name}"
+    tail = " | ".join(lines[-3:]) or "no output"
+    return f"exited {proc.returncode}: {tail}"
