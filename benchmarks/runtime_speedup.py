@@ -1,10 +1,12 @@
-"""ONNX Runtime (FP32, INT8) and, on an NVIDIA GPU, CUDA and TensorRT candidates against
-PyTorch eager, measured side by side in interleaved rounds in one run on this machine, with
-each speedup's 95 % interval, plus where the time goes (top operators of each runtime at the
-largest batch size).
+"""AOTInductor, ONNX Runtime (FP32, INT8) and, on an NVIDIA GPU, the CUDA (AOTInductor FP32
+and FP16, ONNX Runtime) and TensorRT candidates against PyTorch eager, measured side by side in
+interleaved rounds in one run on this machine, with each speedup's 95 % interval, plus where
+the time goes (top operators of each runtime at the largest batch size).
 
     .venv/bin/python benchmarks/runtime_speedup.py [SPEC] [--batch-sizes 1 8] [--seconds 20]
-        [--hog N]
+        [--hog N] [--torch-compile]
+
+`--torch-compile` adds torch.compile (JIT) as a reference row beside its AOT form.
 
 It drives the same pipeline as `kiln optimize` (same export, Q/DQ model, runners and
 interleaved rounds), always re-measuring (--force), into a throw-away artifact store.
@@ -29,6 +31,7 @@ import onnxruntime as ort
 import torch
 
 from kiln.api.load import load_file
+from kiln.api.spec import Backend
 from kiln.api.status import State
 from kiln.builder.context import BuildContext
 from kiln.builder.feeds import random_feeds
@@ -116,6 +119,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="cap per candidate and batch")
     parser.add_argument("--top", type=int, default=5, help="operators listed per runtime")
     parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes beside it")
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="also measure torch.compile (JIT)"
+    )
     args = parser.parse_args()
     hogs = [multiprocessing.Process(target=burn, daemon=True) for _ in range(args.hog)]
     for hog in hogs:
@@ -127,13 +133,23 @@ def main() -> int:
             hog.terminate()
 
 
+def backends(wanted: list[Backend], torch_compile: bool) -> list[Backend]:
+    """The spec's backends with AOTInductor always, torch.compile only when asked."""
+    chosen = {*wanted, Backend.AOTINDUCTOR} - (
+        {Backend.TORCH_COMPILE} if not torch_compile else set()
+    )
+    if torch_compile:
+        chosen.add(Backend.TORCH_COMPILE)
+    return [b for b in Backend if b in chosen]
+
+
 def measure(args: argparse.Namespace) -> int:
 
     model = load_file(args.spec)
     spec = model.spec.model_copy(
         update={
             "batch_sizes": sorted(args.batch_sizes),
-            "backends": [b for b in model.spec.backends if b.value != "torch-compile"],
+            "backends": backends(model.spec.backends, args.torch_compile),
             "benchmark": model.spec.benchmark.model_copy(update={"max_seconds": args.seconds}),
         }
     )
