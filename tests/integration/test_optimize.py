@@ -72,7 +72,10 @@ def test_optimize_writes_status_and_report_then_reuses_everything(tiny: TinyExam
     cpu2 = next(t for t in second["targets"] if t["name"] == "cpu")
     assert cpu2["cached"] is True
     assert cpu2["cacheKey"] == cpu["cacheKey"]
-    assert cpu2["candidates"] == cpu["candidates"]
+    # The same numbers, each now saying it came from the stored result, as the table does.
+    assert [c["cached"] for c in cpu["candidates"]] == [False] * 3
+    assert [c["cached"] for c in cpu2["candidates"]] == [True] * 3
+    assert [{**c, "cached": False} for c in cpu2["candidates"]] == cpu["candidates"]
     assert tiny.manifests() == manifests  # nothing new was built
 
 
@@ -92,16 +95,33 @@ def test_changing_calibration_rebuilds_only_what_it_affects(tiny: TinyExample) -
 
 
 def test_selection_change_needs_no_new_measurement(tiny: TinyExample) -> None:
+    """Every objective, the decision batch and minSpeedup re-decide from the stored result:
+    no new artifact, no new measurement, headline numbers from the decision batch."""
     assert run(str(tiny.spec_path), "--output", str(tiny.root / "a")).exit_code == 0
     count = len(tiny.manifests())
-    tiny.write_spec(tiny_spec(selection={"minSpeedup": 1000}))
-    assert run(str(tiny.spec_path), "--output", str(tiny.root / "b")).exit_code == 0
-    status = status_of(tiny.root / "b")
-    assert status["phase"] == "NoImprovement"
-    cpu = status["targets"][0]
+    first = status_of(tiny.root / "a")["targets"][0]
+    changes: list[tuple[dict[str, Any], int]] = [
+        ({"objective": "minLatency"}, 1),  # decides at the smallest batch size
+        ({"objective": "maxThroughputUnderLatency", "latencyBudgetMs": 1000}, 4),
+        ({"objective": "maxThroughput", "batchSize": 1}, 1),
+        ({"minSpeedup": 1000}, 4),
+    ]
+    for i, (selection, batch) in enumerate(changes):
+        tiny.write_spec(tiny_spec(selection=selection))
+        out = tiny.root / f"b{i}"
+        assert run(str(tiny.spec_path), "--output", str(out)).exit_code == 0
+        cpu = status_of(out)["targets"][0]
+        assert cpu["cached"] is True, selection
+        assert cpu["cacheKey"] == first["cacheKey"], selection
+        measured = [c for c in cpu["candidates"] if c["state"] == "OK"]
+        assert {c["batchSize"] for c in measured} == {batch}, selection
+        for c in measured:
+            (at,) = [b for b in c["benchmarks"] if b["batchSize"] == batch]
+            assert c["throughput"] == at["throughput"]
+        assert len(tiny.manifests()) == count, selection
     assert "selected" not in cpu  # None is left out of the wire form
     assert "minSpeedup 1000x" in cpu["selectionReason"]
-    assert len(tiny.manifests()) == count
+    assert status_of(out)["phase"] == "NoImprovement"
 
 
 def test_capacity_and_cost_need_no_new_measurement(tiny: TinyExample) -> None:

@@ -31,9 +31,10 @@ class Found:
     failure: str | None = None
 
 
-def candidate_status(found: Found, decision: int) -> CandidateStatus:
+def candidate_status(found: Found) -> CandidateStatus:
     """Speedups were measured against the baseline in the same rounds (kiln.builder.
-    benchmark); the headline numbers are those at the decision batch size."""
+    benchmark); the headline numbers are filled in by kiln.api.select.reselect, from the
+    decision batch size's benchmarks."""
     plan = found.plan
     status = CandidateStatus(
         name=plan.name,
@@ -49,7 +50,7 @@ def candidate_status(found: Found, decision: int) -> CandidateStatus:
     status = status.model_copy(
         update={
             "artifact": found.built.artifact,
-            "cached": found.built.cached,
+            "artifact_reused": found.built.cached,
             "build_seconds": found.built.seconds,
             "accuracy": found.accuracy,
             "benchmarks": benchmarks,
@@ -57,19 +58,7 @@ def candidate_status(found: Found, decision: int) -> CandidateStatus:
     )
     if found.failure is not None:
         return status.model_copy(update={"state": State.FAILED, "reason": found.failure})
-    headline = next((r for r in benchmarks if r.batch_size == decision), None)
-    if headline is None:
-        return status
-    return status.model_copy(
-        update={
-            "batch_size": headline.batch_size,
-            "latency_ms": headline.latency_ms,
-            "throughput": headline.throughput,
-            "speedup": headline.speedup,
-            "speedup_interval": headline.speedup_interval,
-            "disturbed": headline.disturbed,
-        }
-    )
+    return status
 
 
 def skipped_target(
@@ -83,7 +72,7 @@ def skipped_target(
         reason=target.skip,
         baseline=baseline,
         environment=env,
-        candidates=[candidate_status(f, 0) for f in found],
+        candidates=[candidate_status(f) for f in found],
     )
 
 
@@ -92,11 +81,11 @@ def measured_target(
     env: Environment,
     baseline: str,
     found: list[Found],
-    decision: int,
     key: str,
     result_uri: str,
 ) -> TargetStatus:
-    """Selection is applied afterwards (kiln.api.select.reselect): it is not part of the key."""
+    """Headline numbers and selection are applied afterwards (kiln.api.select.reselect): they
+    are not part of the key."""
     return TargetStatus(
         name=target.name,
         device=target.device,
@@ -105,5 +94,5 @@ def measured_target(
         cache_key=key,
         result=result_uri,
         environment=env,
-        candidates=[candidate_status(f, decision) for f in found],
+        candidates=[candidate_status(f) for f in found],
     )

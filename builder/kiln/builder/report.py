@@ -103,7 +103,7 @@ def rows(status: OptimizedModelStatus) -> list[list[str]]:
     for target in status.targets:
         for c in target.candidates:
             gate = "-" if c.accuracy is None else ("pass" if c.accuracy.passed else "FAIL")
-            state = c.state.value + (" (cached)" if c.cached or target.cached else "")
+            state = c.state.value + (" (cached)" if c.cached else "")
             out.append(
                 [
                     target.name,

@@ -60,11 +60,18 @@ def result_key(
         environment=env.to_wire(),
         candidates=sorted((f.plan.name, f.key, f.plan.skip) for f in found),
         calibration=prepared.calibration.digest if prepared.calibration else None,
+        # Every batch size is measured; which one decides is selection's business, not the key's.
         batchSizes=spec.batch_sizes,
-        decisionBatch=spec.decision_batch_size(),
         accuracy=spec.accuracy.to_wire(),
         benchmark=spec.benchmark.to_wire(),
     )
+
+
+def reused(stored: TargetStatus) -> TargetStatus:
+    """A stored result served again: the target and every candidate say `cached`, the same
+    word the table shows."""
+    candidates = [c.model_copy(update={"cached": True}) for c in stored.candidates]
+    return stored.model_copy(update={"cached": True, "candidates": candidates})
 
 
 def build_target(
@@ -84,15 +91,15 @@ def build_target(
             f"[{target.name}] unchanged inputs: reusing the stored result {result_uri}"
         )
         stored = TargetStatus.model_validate(ctx.artifacts.read_json(key, RESULT_FILE))
-        return reselect(stored.model_copy(update={"cached": True}), spec)
+        return reselect(reused(stored), spec)
 
     started = time.perf_counter()
     threads = env.cpu_threads or 1
     apply_torch_threads(threads)
     found = _measure_all(ctx, found, prepared, target, baseline, threads)
-    measured = measured_target(
-        target, env, baseline, found, spec.decision_batch_size(), key, result_uri
-    ).model_copy(update={"build_seconds": round(time.perf_counter() - started, 3)})
+    measured = measured_target(target, env, baseline, found, key, result_uri).model_copy(
+        update={"build_seconds": round(time.perf_counter() - started, 3)}
+    )
     status = reselect(measured, spec)
     ctx.artifacts.publish(
         key,

@@ -44,10 +44,11 @@ def engine_key(
 
 def build_args(spec: OptimizedModelSpec, onnx: Path, engine: Path, timing: Path) -> list[str]:
     """The trt_build command line: one shape profile per input, from the smallest batch size
-    through the decision batch (optimised for) to the largest."""
+    to the largest, optimised for the largest. Not for the decision batch: the engine must not
+    depend on `selection`, which re-decides from stored measurements without rebuilding."""
     from kiln.runtime.trt_build import ShapeProfile
 
-    lo, opt, hi = spec.batch_sizes[0], spec.decision_batch_size(), spec.batch_sizes[-1]
+    lo, opt, hi = spec.batch_sizes[0], spec.batch_sizes[-1], spec.batch_sizes[-1]
     args = [sys.executable, "-m", "kiln.runtime.trt_build"]
     args += ["--onnx", str(onnx), "--engine", str(engine), "--timing-cache", str(timing)]
     for t in spec.inputs:

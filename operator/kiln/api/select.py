@@ -143,14 +143,44 @@ def _objective_text(best: CandidateStatus, selection: Selection) -> str:
     return why
 
 
+def headline(candidate: CandidateStatus, batch: int) -> CandidateStatus:
+    """The candidate's headline numbers (what selection compares and the table shows) are its
+    measurements at the decision batch size; every batch size is measured, so a change of the
+    decision batch only picks other stored numbers."""
+    found = next((r for r in candidate.benchmarks if r.batch_size == batch), None)
+    if candidate.state is not State.OK or found is None:
+        cleared = dict.fromkeys(_HEADLINE)
+        return (
+            candidate.model_copy(update=cleared) if candidate.batch_size is not None else candidate
+        )
+    return candidate.model_copy(
+        update={
+            "batch_size": found.batch_size,
+            "latency_ms": found.latency_ms,
+            "throughput": found.throughput,
+            "speedup": found.speedup,
+            "speedup_interval": found.speedup_interval,
+            "disturbed": found.disturbed,
+        }
+    )
+
+
+_HEADLINE = ("batch_size", "latency_ms", "throughput", "speedup", "speedup_interval", "disturbed")
+
+
 def reselect(result: TargetStatus, spec: OptimizedModelSpec) -> TargetStatus:
-    """Apply the spec's selection and capacity settings to a result's stored measurements.
-    Neither is part of a result's key: a change of objective, minSpeedup, throughput or price
+    """Apply the spec's selection and capacity settings to a result's stored measurements:
+    the decision batch's headline numbers, the selection, the capacity plan. None of them is
+    part of a result's key: a change of anything under `selection`, of throughput or price
     re-decides without measuring again."""
     if result.state is not State.OK:
         return result
-    chosen, why = select(result.candidates, result.baseline, spec.selection)
-    decided = result.model_copy(update={"selected": chosen, "selection_reason": why})
+    batch = spec.decision_batch_size()
+    candidates = [headline(c, batch) for c in result.candidates]
+    chosen, why = select(candidates, result.baseline, spec.selection)
+    decided = result.model_copy(
+        update={"candidates": candidates, "selected": chosen, "selection_reason": why}
+    )
     return decided.model_copy(update={"capacity": capacity(decided, spec)})
 
 

@@ -151,7 +151,13 @@ class CandidateStatus(KilnModel):
     reason: str | None = None
     artifact: str | None = None
     cache_key: str | None = None
-    cached: bool = Field(default=False, description="artifact reused from storage")
+    cached: bool = Field(
+        default=False,
+        description="its numbers come from a stored result: nothing was built or measured now",
+    )
+    artifact_reused: bool = Field(
+        default=False, description="its artifact was reused from storage (and measured now)"
+    )
     build_seconds: float | None = None
     batch_size: int | None = Field(default=None, description="batch size of the headline numbers")
     latency_ms: Latency | None = None
