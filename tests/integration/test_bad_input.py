@@ -50,7 +50,7 @@ def test_unreadable_source(tiny: TinyExample) -> None:
         tiny,
         tiny_spec(source={"uri": "broken.pt2"}),
         "spec.source.uri (",
-        "broken.pt2): cannot load as a exported model",
+        "broken.pt2): cannot load as a torch.export program (torch.export.save):",
     )
 
 
@@ -177,4 +177,57 @@ def test_unreachable_storage_endpoint(tiny: TinyExample, monkeypatch: pytest.Mon
 
 
 def test_invalid_spec_file(tiny: TinyExample) -> None:
-    fails_with(tiny, tiny_spec(batchSizes=[0, 2]), "invalid OptimizedModel", "spec.batchSizes[0]")
+    message = fails_with(tiny, tiny_spec(batchSizes=[0, 2]), "spec.yaml: spec.batchSizes[0]: ")
+    assert message.count("\n") == 1  # one line for the one problem
+
+
+def test_each_spec_problem_is_one_line_naming_file_and_field(tiny: TinyExample) -> None:
+    tiny.write_spec(tiny_spec(batchSizes=[0, 2], outputs=[]))
+    result = CliRunner().invoke(app, ["optimize", str(tiny.spec_path), "--quiet"])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert all(line.startswith(f"error: {tiny.spec_path}: spec.") for line in lines), lines
+
+
+PAYLOADS = {
+    "a torch.export archive (the model, not the spec)": None,  # filled from the example below
+    "random bytes": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+    "a PNG header": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    "UTF-16 text": "apiVersion: kiln.dev/v1alpha1\n".encode("utf-16"),
+    "NUL bytes in UTF-8": b"apiVersion: kiln.dev/v1alpha1\x00\nkind: OptimizedModel\n",
+    "an empty file": b"",
+    "a YAML list": b"- 1\n- 2\n",
+    "a scalar": b"hello",
+    "broken YAML": b"spec:\n  inputs: [\n\t- bad",
+    "deep nesting": b"[" * 50000 + b"]" * 50000,
+    "two documents": b"a: 1\n---\nb: 2\n",
+    "a tab-indented document": b"spec:\n\tsource: x\n",
+}
+
+
+@pytest.mark.parametrize("kind", list(PAYLOADS))
+def test_any_file_passed_as_the_spec_is_one_error_line(tiny: TinyExample, kind: str) -> None:
+    path = tiny.root / "not-a-spec"
+    payload = PAYLOADS[kind]
+    if payload is None:
+        torch.export.save(
+            torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),)), str(path)
+        )
+    else:
+        path.write_bytes(payload)
+    result = CliRunner().invoke(app, ["optimize", str(path), "-q", "-o", str(tiny.root / "out")])
+    assert result.exit_code == 2, (kind, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, (kind, result.stderr)
+    assert lines[0].startswith(f"error: {path}"), (kind, lines)
+
+
+def test_a_folder_or_a_huge_file_as_the_spec(tiny: TinyExample) -> None:
+    huge = tiny.root / "huge.yaml"
+    huge.write_bytes(b"#" * (5 << 20))
+    for path, expected in ((tiny.root, "not a regular file"), (huge, "too large")):
+        result = CliRunner().invoke(app, ["optimize", str(path), "-q"])
+        assert result.exit_code == 2
+        assert result.stderr.startswith(f"error: {path}: ")
+        assert expected in result.stderr

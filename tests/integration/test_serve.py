@@ -121,6 +121,8 @@ def test_protocol_endpoints(server: Server) -> None:
     assert httpx.get(f"{server.url}/v2/models/tiny/ready").json() == {"name": "tiny", "ready": True}
     meta = httpx.get(f"{server.url}/v2/models/tiny").json()
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 16, 16]}]
+    # Output shapes as the engine answers: the batch axis is -1, the rest is real.
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 4]}]
     assert meta["platform"].startswith("onnxruntime-cpu")
     assert httpx.get(f"{server.url}/v2/models/other").status_code == 404
 

@@ -19,7 +19,9 @@ def test_parse_uri_forms(tmp_path: Path) -> None:
     assert parse_uri("s3://bucket/a/b").uri == "s3://bucket/a/b"
     assert parse_uri("rel/x", base_dir=tmp_path).key == str(tmp_path / "rel" / "x")
     assert parse_uri(f"file://{tmp_path}/x").key == str(tmp_path / "x")
-    with pytest.raises(KilnInputError, match="unsupported scheme 'gs'"):
+    with pytest.raises(
+        KilnInputError, match="unsupported scheme 'gs'; expected a path, file://PATH"
+    ):
         parse_uri("gs://bucket/x")
     with pytest.raises(KilnInputError, match="three slashes"):
         parse_uri("file://relative/x")

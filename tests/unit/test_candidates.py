@@ -125,3 +125,10 @@ def test_onnx_source_uses_onnxruntime_as_baseline() -> None:
     skipped = {p.name: p.skip for p in plans}
     assert "there is no PyTorch module" in (skipped["aotinductor-cpu-fp32"] or "")
     assert skipped["onnxruntime-cpu-fp32"] is None
+
+
+def test_torch_compile_on_a_torchscript_archive_is_not_applicable() -> None:
+    ts = spec(source={"uri": "m.ts", "format": "torchscript"}, backends=["torch-compile"])
+    skipped = {p.name: p.skip for p in plan_candidates(ts, CPU, NO_GPU)}
+    assert "a TorchScript archive is not one" in (skipped["torch-compile-cpu-fp32"] or "")
+    assert skipped["pytorch-cpu-fp32"] is None

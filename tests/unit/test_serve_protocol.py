@@ -66,3 +66,17 @@ def test_batch_above_the_engine_maximum_is_refused() -> None:
 def test_encode_keeps_shape_and_type() -> None:
     tensor = encode("out", np.arange(6, dtype=np.float32).reshape(2, 3))
     assert (tensor.shape, tensor.datatype, tensor.data) == ([2, 3], "FP32", [0, 1, 2, 3, 4, 5])
+
+
+def test_output_metadata_marks_the_dimensions_that_follow_the_batch() -> None:
+    from kiln.serve.protocol import output_metadata
+
+    one = [np.zeros((1, 3, 8, 8), np.float32), np.zeros((1,), np.int64), np.zeros((5,), np.float32)]
+    two = [np.zeros((2, 3, 8, 8), np.float32), np.zeros((2,), np.int64), np.zeros((5,), np.float32)]
+    meta = output_metadata(["image", "label", "table"], one, two)
+    assert meta == [
+        {"name": "image", "datatype": "FP32", "shape": [-1, 3, 8, 8]},
+        {"name": "label", "datatype": "INT64", "shape": [-1]},
+        {"name": "table", "datatype": "FP32", "shape": [5]},  # no batch axis at all
+    ]
+    assert output_metadata(["image"], one[:1], None)[0]["shape"] == [1, 3, 8, 8]

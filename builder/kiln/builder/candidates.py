@@ -88,6 +88,8 @@ def _skip(
         return "the source is an ONNX model: there is no PyTorch module to run"
     if plan.backend is Backend.AOTINDUCTOR:
         return _aoti_skip(source, caps)
+    if plan.backend is Backend.TORCH_COMPILE and source is SourceFormat.TORCHSCRIPT:
+        return "torch.compile compiles Python modules; a TorchScript archive is not one"
     if plan.backend is Backend.TORCH_COMPILE and plan.device == "cpu" and not caps.cpp_compiler:
         return "torch.compile on CPU needs a C++ compiler (none on PATH)"
     if plan.device == "cuda":

@@ -21,6 +21,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:400]
 
 
+_DESCRIBED = {
+    SourceFormat.TORCHSCRIPT: "a TorchScript archive (torch.jit.save)",
+    SourceFormat.EXPORTED: "a torch.export program (torch.export.save)",
+    SourceFormat.FACTORY: "a state_dict for the factory's module",
+    SourceFormat.ONNX: "an ONNX model",
+}
+
+
 def load_torch_module(spec: OptimizedModelSpec, path: Path, base_dir: Path) -> Any:
     fmt = spec.source.resolved_format()
     where = "spec.source.uri"
@@ -37,7 +45,7 @@ def load_torch_module(spec: OptimizedModelSpec, path: Path, base_dir: Path) -> A
         raise
     except Exception as exc:
         raise KilnInputError(
-            f"{where} ({path})", f"cannot load as a {fmt.value} model: {_first_line(exc)}"
+            f"{where} ({path})", f"cannot load as {_DESCRIBED[fmt]}: {_first_line(exc)}"
         ) from None
     if hasattr(module, "eval") and fmt is not SourceFormat.EXPORTED:
         module.eval()

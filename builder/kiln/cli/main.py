@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from kiln.api.errors import ExitCode, KilnError, KilnInputError
+from kiln.api.errors import ExitCode, InvalidSpecError, KilnError, KilnInputError
 from kiln.api.request import Stage
 
 if TYPE_CHECKING:
@@ -235,6 +235,7 @@ def serve(
     from kiln.runtime.devices import local_gpu
     from kiln.runtime.dtypes import NUMPY_DTYPES
     from kiln.serve.app import ModelInfo, create_app
+    from kiln.serve.protocol import output_metadata
     from kiln.serve.loading import (
         check_servable,
         fetch_artifact,
@@ -260,10 +261,18 @@ def serve(
     except KilnError as exc:
         _fail(exc)
     spec = model.spec
-    warmup = {
-        t.name: np.zeros(t.concrete_shape(1), dtype=NUMPY_DTYPES[t.dtype]) for t in spec.inputs
-    }
-    infer(runner, warmup)
+
+    def warm_up(batch: int) -> list[Any]:
+        zeros = {
+            t.name: np.zeros(t.concrete_shape(batch), dtype=NUMPY_DTYPES[t.dtype])
+            for t in spec.inputs
+        }
+        return infer(runner, zeros)
+
+    # Two warm-ups tell which output dimensions follow the batch (the metadata's -1).
+    at_one = warm_up(1)
+    dynamic = max(spec.batch_sizes) >= 2 and all(t.dynamic_batch for t in spec.inputs)
+    at_two = warm_up(2) if dynamic else None
     info = ModelInfo(
         name=name or model.metadata.name,
         version=served.target.cache_key or "local",
@@ -271,6 +280,7 @@ def serve(
         inputs=spec.inputs,
         outputs=spec.outputs,
         max_batch=max(spec.batch_sizes),
+        output_meta=output_metadata(spec.outputs, at_one, at_two),
     )
     app_ = create_app(
         info, lambda feeds: infer(runner, feeds), batch_window_ms, int(max_body_mb * (1 << 20))
@@ -383,9 +393,17 @@ def _run(
         return run_pipeline(ctx)
 
 
+def error_lines(exc: KilnError) -> list[str]:
+    """One `error:` line per problem, each naming its file and field."""
+    if isinstance(exc, InvalidSpecError):
+        return [f"error: {exc.where}: {problem}" for problem in exc.problems]
+    return [f"error: {' '.join(str(exc).split())}"]
+
+
 def _fail(exc: KilnError) -> NoReturn:
-    """One `error:` line naming the field or file, and the exit code of the error's kind."""
-    typer.echo(f"error: {exc}", err=True)
+    """The error's lines, and the exit code of its kind."""
+    for line in error_lines(exc):
+        typer.echo(line, err=True)
     raise typer.Exit(exc.exit_code)
 
 

@@ -36,6 +36,8 @@ class ModelInfo:
     inputs: list[TensorSpec]
     outputs: list[str]
     max_batch: int
+    # name, datatype and shape of each output, as the engine answered its warm-up
+    output_meta: list[dict[str, Any]] | None = None
 
 
 def create_app(
@@ -89,7 +91,8 @@ def create_app(
             "versions": [info.version],
             "platform": info.platform,
             "inputs": [tensor_metadata(t) for t in info.inputs],
-            "outputs": [{"name": o, "datatype": "FP32", "shape": [-1]} for o in info.outputs],
+            "outputs": info.output_meta
+            or [{"name": o, "datatype": "FP32", "shape": [-1]} for o in info.outputs],
         }
 
     @app.get("/v2/models/{name}/ready")

@@ -131,11 +131,30 @@ def decode(request: InferRequest, inputs: list[TensorSpec], max_batch: int | Non
     return feeds
 
 
+def datatype_of(array: Array) -> str:
+    return {np.dtype(v): k for k, v in _NUMPY.items()}.get(array.dtype, "FP32")
+
+
 def encode(name: str, array: Array) -> ResponseTensor:
-    datatype = {np.dtype(v): k for k, v in _NUMPY.items()}.get(array.dtype, "FP32")
+    datatype = datatype_of(array)
     values: list[Any] = array.astype(_NUMPY[datatype]).reshape(-1).tolist()
     return ResponseTensor(name=name, shape=list(array.shape), datatype=datatype, data=values)
 
 
 def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": DATATYPES[spec.dtype], "shape": spec.shape}
+
+
+def output_metadata(
+    names: list[str], at_one: list[Array], at_two: list[Array] | None
+) -> list[dict[str, Any]]:
+    """Output metadata from two warm-up answers, at batch 1 and batch 2: a dimension that
+    changed with the batch is -1, as in the inputs' metadata. With one answer (an engine built
+    for batch 1 only) every dimension is as measured."""
+    out = []
+    for i, name in enumerate(names):
+        one = list(at_one[i].shape)
+        two = list(at_two[i].shape) if at_two is not None else one
+        shape = [a if a == b else -1 for a, b in zip(one, two, strict=False)]
+        out.append({"name": name, "datatype": datatype_of(at_one[i]), "shape": shape})
+    return out

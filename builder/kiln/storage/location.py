@@ -45,7 +45,10 @@ def parse_uri(uri: str, base_dir: Path | None = None) -> Location:
             raise KilnInputError(uri, "expected file:///ABSOLUTE/PATH (three slashes)")
         return Location("file", "", str(Path(parsed.path).resolve()))
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter would be a Windows drive
-        raise KilnInputError(uri, f"unsupported scheme {parsed.scheme!r}; expected s3://, file://")
+        raise KilnInputError(
+            uri,
+            f"unsupported scheme {parsed.scheme!r}; expected a path, file://PATH or s3://BUCKET/KEY",
+        )
     path = Path(uri)
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
