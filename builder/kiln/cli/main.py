@@ -235,7 +235,6 @@ def serve(
     from kiln.runtime.devices import local_gpu
     from kiln.runtime.dtypes import NUMPY_DTYPES
     from kiln.serve.app import ModelInfo, create_app
-    from kiln.serve.protocol import output_metadata
     from kiln.serve.loading import (
         check_servable,
         fetch_artifact,
@@ -244,6 +243,7 @@ def serve(
         open_runner,
         pick_target,
     )
+    from kiln.serve.protocol import output_metadata
     from kiln.storage.objects import Storage
 
     storage = Storage()
