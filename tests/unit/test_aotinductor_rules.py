@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from kiln.api.load import parse_document
 from kiln.api.spec import Precision
 from kiln.builder.aoti import CandidateBuildError, compile_failure, export_program
 from kiln.runtime.aoti_runner import incompatibility
 from kiln.runtime.cpu_isa import cpu_flags, missing_flags, required_flags
 from kiln.serve.loading import torch_mismatch
+from tests.fixtures.specs import minimal_spec
 
 AVX512 = {
     "AOTI_DEVICE_KEY": "cpu",
@@ -124,21 +124,7 @@ class DataDependent(torch.nn.Module):
 
 
 def test_a_model_torch_export_cannot_trace_is_a_build_error_naming_the_cause() -> None:
-    spec = parse_document(
-        {
-            "apiVersion": "kiln.dev/v1alpha1",
-            "kind": "OptimizedModel",
-            "metadata": {"name": "m"},
-            "spec": {
-                "source": {"uri": "m.pt2"},
-                "inputs": [{"name": "x", "shape": [-1, 3]}],
-                "outputs": ["y"],
-                "batchSizes": [1, 4],
-                "precisions": ["fp32"],
-            },
-        },
-        "test",
-    ).spec
+    spec = minimal_spec()
     with pytest.raises(CandidateBuildError, match=r"torch.export cannot export this model: .*data"):
         export_program(DataDependent(), spec, "cpu", Precision.FP32)
     program = export_program(torch.nn.Linear(3, 2), spec, "cpu", Precision.FP32)

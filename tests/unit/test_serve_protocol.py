@@ -71,8 +71,16 @@ def test_encode_keeps_shape_and_type() -> None:
 def test_output_metadata_marks_the_dimensions_that_follow_the_batch() -> None:
     from kiln.serve.protocol import output_metadata
 
-    one = [np.zeros((1, 3, 8, 8), np.float32), np.zeros((1,), np.int64), np.zeros((5,), np.float32)]
-    two = [np.zeros((2, 3, 8, 8), np.float32), np.zeros((2,), np.int64), np.zeros((5,), np.float32)]
+    one: list[Any] = [
+        np.zeros((1, 3, 8, 8), np.float32),
+        np.zeros((1,), np.int64),
+        np.zeros((5,), np.float32),
+    ]
+    two: list[Any] = [
+        np.zeros((2, 3, 8, 8), np.float32),
+        np.zeros((2,), np.int64),
+        np.zeros((5,), np.float32),
+    ]
     meta = output_metadata(["image", "label", "table"], one, two)
     assert meta == [
         {"name": "image", "datatype": "FP32", "shape": [-1, 3, 8, 8]},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import Protocol, TextIO
 
 
 class Step(Protocol):
@@ -38,10 +38,11 @@ class SilentReporter:
 class RichReporter:
     """Bars on a terminal; rich degrades to plain lines when output is not a TTY."""
 
-    def __init__(self) -> None:
+    def __init__(self, file: TextIO | None = None) -> None:
+        """`file`: where bars go (the terminal while library output is sent to a log)."""
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = Console(file=file) if file is not None else Console(stderr=True)
 
     def log(self, message: str) -> None:
         self.console.print(message, highlight=False)

@@ -5,7 +5,7 @@ All pure: status in, text out."""
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from kiln.api.status import Interval, OptimizedModelStatus, TargetStatus
 from kiln.api.summary import money
@@ -178,8 +178,11 @@ def capacity_section(status: OptimizedModelStatus) -> list[str]:
     return lines
 
 
-def render_markdown(name: str, status: OptimizedModelStatus) -> str:
+def render_markdown(name: str, status: OptimizedModelStatus, verdict: Sequence[str] = ()) -> str:
+    """`verdict`: kiln.api.verdict's lines, shown first."""
     lines = [f"# Kiln report: {name}", "", f"**Phase:** {status.phase.value}  "]
+    if verdict:
+        lines += ["", "## Verdict", "", *[f"- {line}" for line in verdict], ""]
     if status.summary:
         lines.append(f"**Summary:** {status.summary}  ")
     if status.message:
@@ -246,7 +249,14 @@ def _bars(target: TargetStatus, width: int = 640) -> str:
     return "".join(parts)
 
 
-def render_html(name: str, status: OptimizedModelStatus) -> str:
+def _verdict_html(verdict: Sequence[str]) -> str:
+    if not verdict:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in verdict)
+    return f"<div class='verdict'><h2>Verdict</h2><ul>{items}</ul></div>"
+
+
+def render_html(name: str, status: OptimizedModelStatus, verdict: Sequence[str] = ()) -> str:
     def table(header: Iterable[str], body: Iterable[Iterable[str]]) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         rows_ = "".join(
@@ -270,8 +280,11 @@ def render_html(name: str, status: OptimizedModelStatus) -> str:
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Kiln report: {html.escape(name)}</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style></head><body>"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+        ".verdict{background:#e8f5e9;border-left:4px solid #2e7d32;padding:.2em 1em}"
+        "</style></head><body>"
         f"<h1>Kiln report: {html.escape(name)}</h1>"
+        f"{_verdict_html(verdict)}"
         f"<p><b>Phase:</b> {html.escape(status.phase.value)}<br><b>Summary:</b> "
         f"{html.escape(status.summary or status.message or '')}</p>"
         f"{table(COLUMNS, rows(status))}{''.join(sections)}{money_table}"

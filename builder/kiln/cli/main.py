@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -16,7 +15,11 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from kiln.api.errors import ExitCode, InvalidSpecError, KilnError, KilnInputError
+from kiln.api.layout import STATUS_FILE
 from kiln.api.request import Stage
+from kiln.api.verdict import verdict
+from kiln.cli.capture import library_output_to
+from kiln.cli.outdir import LOG_FILE, OutputFolder
 
 if TYPE_CHECKING:
     from kiln.api.spec import OptimizedModel
@@ -69,38 +72,136 @@ def optimize(
     report: Annotated[
         ReportFormat, typer.Option(help="report format written next to status.json")
     ] = ReportFormat.both,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or table")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="print only the summary line (or the error)")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="let libraries' warnings through, no log file"),
+    ] = False,
 ) -> None:
     """Export, quantize, build, verify, benchmark and select, on this machine.
 
-    Prints a table of every candidate and writes OUTPUT/status.json (the status block the
-    operator writes to the resource) plus report.md / report.html. A second run of an
-    unchanged spec reuses every stored artifact and result. Exit codes: 0 done (Ready or
-    NoImprovement), 1 a stage failed, 2 bad input (the message names the field or file),
-    3 storage could not be reached (try again).
+    Prints a table of every candidate and the verdict, and writes OUTPUT/status.json (the
+    status block the operator writes to the resource), report.md / report.html, model.json and
+    kiln.log (what the libraries printed). The folder is replaced as a whole at the end: a
+    failed run leaves one that says Failed. A second run of an unchanged spec reuses every
+    stored artifact and result. Exit codes: 0 done (Ready or NoImprovement), 1 a stage failed,
+    2 bad input (the message names the field or file), 3 storage could not be reached (try
+    again).
     """
     from kiln.api.load import load_file
-    from kiln.builder.progress import RichReporter, SilentReporter
 
-    reporter: Reporter = SilentReporter() if quiet else RichReporter()
     try:
         model = load_file(spec)
+        folder = OutputFolder(output or Path("out") / model.metadata.name)
     except KilnError as exc:
+        _never_started(spec, output, exc)
         _fail(exc)
-    out_dir = output or Path("out") / model.metadata.name
     try:
-        outcome = _run(model, spec, artifacts, cache_dir, force, reporter)
+        outcome = _optimize_into(folder, model, spec, artifacts, cache_dir, force, quiet, verbose)
     except KilnError as exc:
-        _write_failed(out_dir, str(exc))
-        _fail(exc)
+        _commit_failed(folder, model.metadata.name, exc, report)
+        _fail(exc, None if quiet or verbose else folder.final / LOG_FILE)
+    except BaseException as exc:  # a crash or Ctrl-C: the folder must not look current
+        _commit_failed(folder, model.metadata.name, exc, report)
+        raise
     status = outcome.status
-    _write_outputs(out_dir, model, status, report)
-    if not quiet:
-        _print_table(status, [s.line() for s in outcome.stages])
-        typer.echo(f"status: {out_dir / 'status.json'}", err=True)
-    if status.phase.value == "Failed":
+    lines = verdict(status, model.spec.selection)
+    folder.write(model.metadata.name, status, model, *_formats(report), verdict=lines)
+    folder.commit()
+    _finish(folder, status, lines, [s.line() for s in outcome.stages], quiet, verbose)
+
+
+def _optimize_into(
+    folder: OutputFolder,
+    model: OptimizedModel,
+    spec: Path,
+    artifacts: str | None,
+    cache_dir: Path | None,
+    force: bool,
+    quiet: bool,
+    verbose: bool,
+) -> Outcome:
+    """The run, with the libraries' output in the folder's log unless --verbose."""
+    from kiln.builder.progress import RichReporter, SilentReporter
+
+    with library_output_to(None if verbose else folder.log) as terminal:
+        reporter: Reporter = SilentReporter() if quiet else RichReporter(terminal)
+        return _run(model, spec, artifacts, cache_dir, force, reporter)
+
+
+def _finish(
+    folder: OutputFolder,
+    status: OptimizedModelStatus,
+    lines: list[str],
+    stage_lines: list[str],
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    failed = status.phase.value == "Failed"
+    if quiet:
+        if failed:
+            typer.echo(f"error: {status.message or status.summary}", err=True)
+            raise typer.Exit(ExitCode.FAILED)
+        typer.echo(status.summary)
+        return
+    _print_table(status, stage_lines, lines)
+    if failed:
         typer.echo(f"error: {status.message or status.summary}", err=True)
+    log = "" if verbose else f", log: {folder.final / LOG_FILE}"
+    typer.echo(f"status: {folder.final / STATUS_FILE}{log}", err=True)
+    if failed:
         raise typer.Exit(ExitCode.FAILED)
+
+
+def _formats(fmt: ReportFormat) -> tuple[bool, bool]:
+    return fmt is not ReportFormat.html, fmt is not ReportFormat.markdown
+
+
+def _commit_failed(folder: OutputFolder, name: str, exc: BaseException, fmt: ReportFormat) -> None:
+    """Replace the output folder with one that says Failed everywhere (the log kept)."""
+    from kiln.api.status import OptimizedModelStatus, Phase
+
+    if isinstance(exc, KilnError):
+        message = " ".join(str(exc).split())
+    elif isinstance(exc, KeyboardInterrupt):
+        message = "interrupted"
+    else:
+        message = f"crashed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    status = OptimizedModelStatus(phase=Phase.FAILED, message=message)
+    folder.write(name, status, None, *_formats(fmt))
+    folder.commit()
+
+
+def _never_started(spec: Path, output: Path | None, exc: KilnError) -> None:
+    """A spec that cannot be used: an earlier run's folder must not look current. The folder
+    is --output, or out/NAME where the spec's metadata.name can still be read."""
+    target = output
+    if target is None:
+        name = _name_hint(spec)
+        target = Path("out") / name if name else None
+    if target is None or (output is None and not target.exists()):
+        return
+    try:
+        folder = OutputFolder(target)
+    except KilnError:
+        return  # not ours to replace
+    _commit_failed(folder, target.name, exc, ReportFormat.both)
+
+
+def _name_hint(spec: Path) -> str | None:
+    """metadata.name from a spec that failed validation, if it has a plain one."""
+    import re
+
+    import yaml
+
+    try:
+        document = yaml.safe_load(spec.read_text(encoding="utf-8"))
+        name = document["metadata"]["name"]
+    except Exception:  # anything unreadable has no name to offer
+        return None
+    return name if isinstance(name, str) and re.fullmatch(r"[a-z0-9][-a-z0-9]*", name) else None
 
 
 @app.command()
@@ -400,38 +501,18 @@ def error_lines(exc: KilnError) -> list[str]:
     return [f"error: {' '.join(str(exc).split())}"]
 
 
-def _fail(exc: KilnError) -> NoReturn:
-    """The error's lines, and the exit code of its kind."""
+def _fail(exc: KilnError, log: Path | None = None) -> NoReturn:
+    """The error's lines (then where the log is), and the exit code of its kind."""
     for line in error_lines(exc):
         typer.echo(line, err=True)
+    if log is not None:
+        typer.echo(f"log: {log}", err=True)
     raise typer.Exit(exc.exit_code)
 
 
-def _write_failed(out_dir: Path, message: str) -> None:
-    from kiln.api.status import OptimizedModelStatus, Phase
-
-    status = OptimizedModelStatus(phase=Phase.FAILED, message=message)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "status.json").write_text(json.dumps(status.to_wire(), indent=2) + "\n")
-
-
-def _write_outputs(
-    out_dir: Path, model: OptimizedModel, status: OptimizedModelStatus, fmt: ReportFormat
+def _print_table(
+    status: OptimizedModelStatus, stage_lines: list[str], verdict_lines: list[str]
 ) -> None:
-    from kiln.api.layout import MODEL_DOCUMENT, STATUS_FILE
-    from kiln.builder.report import render_html, render_markdown
-
-    name = model.metadata.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / STATUS_FILE).write_text(json.dumps(status.to_wire(), indent=2) + "\n")
-    (out_dir / MODEL_DOCUMENT).write_text(json.dumps(model.to_wire(), indent=2) + "\n")
-    if fmt in (ReportFormat.markdown, ReportFormat.both):
-        (out_dir / "report.md").write_text(render_markdown(name, status))
-    if fmt in (ReportFormat.html, ReportFormat.both):
-        (out_dir / "report.html").write_text(render_html(name, status))
-
-
-def _print_table(status: OptimizedModelStatus, stage_lines: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -464,6 +545,8 @@ def _print_table(status: OptimizedModelStatus, stage_lines: list[str]) -> None:
         console.print(money)
     if status.summary:
         console.print(f"[bold]{status.summary}[/bold]")
+    for line in verdict_lines:
+        console.print(line, highlight=False)
 
 
 def main() -> None:

@@ -44,6 +44,8 @@ class Challenge:
 
     wins: bool
     note: str
+    ratio: float = 1.0  # complex_'s metric over simpler's
+    reasons: tuple[str, ...] = ()  # why it does not win (empty when it wins)
 
 
 def _metric(c: CandidateStatus, objective: Objective) -> float:
@@ -77,8 +79,9 @@ def challenge(
     if complex_.disturbed:
         reasons.append(f"measurement disturbed: {complex_.disturbed}")
     if reasons:
-        return Challenge(False, f"{head} ({'; '.join(reasons)}): serving {simpler.name}")
-    return Challenge(True, f"{head}, beyond noise and preferSimplerWithin {within:g}")
+        note = f"{head} ({'; '.join(reasons)}): serving {simpler.name}"
+        return Challenge(False, note, ratio, tuple(reasons))
+    return Challenge(True, f"{head}, beyond noise and preferSimplerWithin {within:g}", ratio)
 
 
 def simplest_that_pays(
