@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= builder,cpu,serve,operator,dev
 
 .PHONY: setup demo test lint typecheck contracts unit clean cluster-bin cluster-up cluster-down \
-	dev-up dev-down
+	dev-up dev-down browser
 
 setup: $(STAMP)
 
@@ -52,8 +52,20 @@ dev-up: cluster-bin
 
 dev-down: cluster-down
 
+# Headless Chromium, for the test that looks at the HTML report in a real browser: installed
+# from Debian's packages where this runs as root with apt-get; elsewhere that test says SKIPPED.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 \
+	         && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } \
+	    || echo "note: could not install chromium; the browser test will be SKIPPED"; \
+	  else echo "note: no chromium (install it to run the browser test)"; fi; }
+
 # Every tier that needs no GPU; GPU tests report SKIPPED with their reason.
-test: lint typecheck contracts cluster-bin
+test: lint typecheck contracts cluster-bin browser
 	$(BIN)/pytest
 
 clean:

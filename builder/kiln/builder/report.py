@@ -212,12 +212,19 @@ def render_markdown(name: str, status: OptimizedModelStatus, verdict: Sequence[s
     return "\n".join(lines) + "\n"
 
 
-def _bars(target: TargetStatus, width: int = 640) -> str:
+_VALUE_TEXT_PX = 230
+
+
+def _bars(target: TargetStatus, width: int = 760) -> str:
     """Horizontal bars of throughput at the decision batch size, one per measured candidate."""
     measured = [c for c in target.candidates if c.throughput]
     if not measured:
         return ""
-    top = max(c.throughput or 0.0 for c in measured)
+    # Scaled to the fastest *verified* candidate: one that failed its gate with an absurd
+    # number (a broken engine can be very fast) must not squash every other bar to nothing;
+    # its own bar is capped at full width.
+    verified = [c.throughput or 0.0 for c in measured if c.accuracy and c.accuracy.passed]
+    top = max(verified or [c.throughput or 0.0 for c in measured])
     bar_h, label_w = 22, 220
     height = bar_h * len(measured) + 10
     parts = [
@@ -225,7 +232,9 @@ def _bars(target: TargetStatus, width: int = 640) -> str:
     ]
     for i, c in enumerate(measured):
         y = 5 + i * bar_h
-        w = (width - label_w - 120) * (c.throughput or 0.0) / top
+        # The longest bar leaves room for its value text ("1.839e+05/s 12.34x, p99 1.23e+03
+        # ms" at 11 px), which a browser would otherwise clip at the picture's edge.
+        w = (width - label_w - _VALUE_TEXT_PX) * min(1.0, (c.throughput or 0.0) / top)
         colour = (
             "#2e7d32"
             if c.name == target.selected
