@@ -196,8 +196,10 @@ def _name_hint(spec: Path) -> str | None:
 
     import yaml
 
-    try:
-        document = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    from kiln.api.load import read_spec_text
+
+    try:  # read_spec_text: the same size and encoding guards as a spec that loads
+        document = yaml.safe_load(read_spec_text(spec))
         name = document["metadata"]["name"]
     except Exception:  # anything unreadable has no name to offer
         return None
