@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= builder,cpu,serve,operator,dev
 
 .PHONY: setup demo test lint typecheck contracts unit clean cluster-bin cluster-up cluster-down \
-	dev-up dev-down browser
+	dev-up dev-down browser gpu-kit
 
 setup: $(STAMP)
 
@@ -68,5 +68,9 @@ browser:
 test: lint typecheck contracts cluster-bin browser
 	$(BIN)/pytest
 
+# What a lent GPU machine lacks to run Kiln (tests/gpu/README.md): .gpu-kit/, git-ignored.
+gpu-kit: $(STAMP)
+	$(BIN)/python -m tests.gpu.kit
+
 clean:
-	rm -rf out .kiln .mypy_cache .ruff_cache .pytest_cache
+	rm -rf out .kiln .mypy_cache .ruff_cache .pytest_cache .gpu-kit

@@ -556,3 +556,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # `python -m kiln.cli.main`, where no `kiln` script is installed
+    main()

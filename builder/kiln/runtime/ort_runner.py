@@ -22,6 +22,14 @@ def session_options(threads: int | None) -> Any:
     return options
 
 
+def _preload_cuda_libraries() -> None:
+    """onnxruntime-gpu loads CUDA and cuDNN at session creation; where they come as NVIDIA's
+    PyPI wheels (PyTorch's own), it finds them only once preloaded (ORT >= 1.21)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
+
+
 class OrtRunner:
     def __init__(
         self,
@@ -38,6 +46,7 @@ class OrtRunner:
         if device.startswith("cuda"):
             index = int(device.split(":")[1]) if ":" in device else 0
             providers = [("CUDAExecutionProvider", {"device_id": index})]
+            _preload_cuda_libraries()
         else:
             providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(
