@@ -252,6 +252,7 @@ def serve_like_the_deployment(
     env = {**base, **started.env, "XDG_CACHE_HOME": str(folder / "cache")}
     # The pod listens on 0.0.0.0:8080; here, loopback and a free port (the last flag wins).
     argv = [*started.argv, "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--grpc-port", str(free_port())]
     log = (folder / "server.log").open("wb")
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -357,6 +358,9 @@ def test_apply_to_ready_then_reselect_then_delete(operator: Operator, tmp_path: 
     }
 
     # What the Deployment runs serves the selected engine, with the Secret's credentials.
+    service = client.CoreV1Api(op.api()).read_namespaced_service("tiny-cpu", ns)
+    ports = {p.name: (p.port, p.target_port, p.app_protocol) for p in service.spec.ports}
+    assert ports == {"http": (8080, "http", None), "grpc": (8081, "grpc", "grpc")}
     with serve_like_the_deployment(op, ns, "tiny-cpu", tmp_path) as (url, engine):
         assert engine == cpu["cacheKey"]
         meta = httpx.get(f"{url}/v2/models/tiny", timeout=5).json()

@@ -48,11 +48,22 @@ class Server:
 
 
 def start(
-    out: Path, *extra: str, env: dict[str, str] | None = None
+    out: Path, *extra: str, env: dict[str, str] | None = None, grpc_port: int = 0
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """`kiln serve` on a free REST port; gRPC only where a port is given (0: none)."""
     port = free_port()
     process = subprocess.Popen(
-        [KILN, "serve", "--from", str(out), "--port", str(port), *extra],
+        [
+            KILN,
+            "serve",
+            "--from",
+            str(out),
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,

@@ -204,6 +204,18 @@ def test_existing_results_mean_no_job_and_a_server_per_selected_engine() -> None
         "--cache-key",
         "result-g",
     ]
+    assert args[args.index("--grpc-port") + 1] == "8081"
+    # REST and gRPC (Triton's and KServe's clients) on the pods and on the Service.
+    container = template["spec"]["containers"][0]
+    assert [(q["name"], q["containerPort"]) for q in container["ports"]] == [
+        ("http", 8080),
+        ("grpc", 8081),
+    ]
+    service = p.apply[1]["spec"]["ports"]
+    assert [(q["name"], q["port"], q.get("appProtocol")) for q in service] == [
+        ("http", 8080, None),
+        ("grpc", 8081, "grpc"),
+    ]
     assert p.status is not None
     assert cond(p.status, "Ready").reason == "RollingOut"
     # Once the pods run the selected engine, the resource is Ready.

@@ -154,3 +154,12 @@ def test_capacity_fields_load() -> None:
     assert spec.serving.replicas == "auto"
     assert spec.cost.hourly["cpu"] == 0.2
     assert spec.selection.prefer_simpler_within == 0.10
+
+
+def test_grpc_and_rest_need_two_ports() -> None:
+    from kiln.api.errors import InvalidSpecError
+    from tests.fixtures.specs import minimal_spec
+
+    assert minimal_spec().serving.grpc_port == 8081
+    with pytest.raises(InvalidSpecError, match=r"serving\.grpcPort: 8080 is also the REST port"):
+        minimal_spec(serving={"grpcPort": 8080})

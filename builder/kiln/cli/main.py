@@ -315,7 +315,10 @@ def serve(
         str | None, typer.Option(help="model name in the protocol [metadata.name]")
     ] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    port: Annotated[int, typer.Option(help="port to listen on (REST)")] = 8080,
+    grpc_port: Annotated[
+        int, typer.Option(help="port for the gRPC service (KServe v2 / Triton); 0: none")
+    ] = 8081,
     batch_window_ms: Annotated[
         float, typer.Option(help="how long to gather requests into one batch")
     ] = 2.0,
@@ -331,6 +334,8 @@ def serve(
     Refuses to start (exit 2) on a target without a selected candidate, a candidate whose
     recorded accuracy gate did not pass, an artifact that fails its digest check, or a GPU
     type other than this machine's. Listens only after a warm-up inference."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import uvicorn
 
@@ -360,7 +365,9 @@ def serve(
         gpu = local_gpu()
         served = check_servable(model, pick_target(targets, target, gpu), gpu)
         artifact = fetch_artifact(storage, served.candidate.artifact or "", cache / "objects")
-        runner = open_runner(served, artifact, threads)
+        # The runner is loaded, warmed up and run on one thread for its whole life.
+        engine_thread = ThreadPoolExecutor(1, thread_name_prefix="kiln-infer")
+        runner = engine_thread.submit(open_runner, served, artifact, threads).result()
     except KilnError as exc:
         _fail(exc)
     spec = model.spec
@@ -370,7 +377,7 @@ def serve(
             t.name: np.zeros(t.concrete_shape(batch), dtype=NUMPY_DTYPES[t.dtype])
             for t in spec.inputs
         }
-        return infer(runner, zeros)
+        return engine_thread.submit(infer, runner, zeros).result()
 
     # Two warm-ups tell which output dimensions follow the batch (the metadata's -1).
     at_one = warm_up(1)
@@ -386,11 +393,17 @@ def serve(
         output_meta=output_metadata(spec.outputs, at_one, at_two),
     )
     app_ = create_app(
-        info, lambda feeds: infer(runner, feeds), batch_window_ms, int(max_body_mb * (1 << 20))
+        info,
+        lambda feeds: infer(runner, feeds),
+        batch_window_ms,
+        int(max_body_mb * (1 << 20)),
+        f"{host}:{grpc_port}" if grpc_port else None,
+        engine_thread,
     )
     typer.echo(
         f"serving {served.candidate.name} of target {served.target.name} as {info.name!r} "
-        f"on http://{host}:{port}/v2/models/{info.name}",
+        f"on http://{host}:{port}/v2/models/{info.name}"
+        + (f" and grpc://{host}:{grpc_port}" if grpc_port else ""),
         err=True,
     )
     uvicorn.run(app_, host=host, port=port, log_level="warning")

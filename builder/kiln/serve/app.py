@@ -3,6 +3,7 @@ Prometheus metrics. Endpoints only translate; batching and checks live in their 
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,12 +20,18 @@ from kiln.api.version import VERSION
 from kiln.serve.batching import Batcher, Infer
 from kiln.serve.metrics import Metrics
 from kiln.serve.protocol import (
+    HEADER_LENGTH,
     BadRequestError,
     InferRequest,
     InferResponse,
+    ResponseTensor,
+    binary_inputs,
     decode,
     encode,
+    encode_binary,
+    split_body,
     tensor_metadata,
+    wants_binary,
 )
 
 
@@ -40,17 +47,58 @@ class ModelInfo:
     output_meta: list[dict[str, Any]] | None = None
 
 
+def respond(info: ModelInfo, request: InferRequest, outputs: list[tuple[str, Any]]) -> Response:
+    """JSON tensors, or, for outputs asked for as binary, a JSON header followed by their raw
+    bytes in order (Inference-Header-Content-Length says where the header ends)."""
+    binary = wants_binary(request)
+    tensors: list[ResponseTensor] = []
+    chunks: list[bytes] = []
+    for name, array in outputs:
+        if binary.get(name, binary.get("*", False)):
+            tensor, data = encode_binary(name, array)
+            tensors.append(tensor)
+            chunks.append(data)
+        else:
+            tensors.append(encode(name, array))
+    response = InferResponse(
+        model_name=info.name, model_version=info.version, id=request.id, outputs=tensors
+    )
+    header = response.model_dump_json(exclude_none=True).encode()
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *chunks]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
 def create_app(
-    info: ModelInfo, infer: Infer, window_ms: float, max_body_bytes: int = 64 << 20
+    info: ModelInfo,
+    infer: Infer,
+    window_ms: float,
+    max_body_bytes: int = 64 << 20,
+    grpc_address: str | None = None,
+    executor: concurrent.futures.ThreadPoolExecutor | None = None,
 ) -> FastAPI:
+    """REST on the app; with `grpc_address`, gRPC beside it on the same batcher and metrics.
+    `executor`: the thread the runner was loaded on (see Batcher)."""
     metrics = Metrics()
-    batcher = Batcher(infer, info.max_batch, window_ms / 1000.0)
+    batcher = Batcher(infer, info.max_batch, window_ms / 1000.0, executor)
     batcher.on_batch = metrics.batch_size.observe
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
+        rpc = None
+        if grpc_address is not None:
+            from kiln.serve.grpc_server import grpc_server
+
+            rpc = grpc_server(info, batcher, metrics, grpc_address, max_body_bytes)
+            await rpc.start()
         yield
+        if rpc is not None:
+            await rpc.stop(grace=1.0)
         await batcher.stop()
 
     app = FastAPI(
@@ -80,7 +128,7 @@ def create_app(
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "kiln", "version": VERSION, "extensions": []}
+        return {"name": "kiln", "version": VERSION, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str) -> Any:
@@ -115,13 +163,16 @@ def create_app(
         if len(body) > max_body_bytes:
             return error(413, f"request body exceeds {max_body_bytes} bytes", "too_large")
         try:
-            parsed = InferRequest.model_validate_json(body)
+            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+            parsed = InferRequest.model_validate_json(header)
+        except BadRequestError as exc:
+            return error(400, str(exc), "malformed")
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             return error(400, f"malformed request: {where}: {first['msg']}", "malformed")
         try:
-            feeds = decode(parsed, info.inputs, info.max_batch)
+            feeds = decode(parsed, info.inputs, info.max_batch, binary_inputs(parsed, binary))
         except BadRequestError as exc:
             return error(400, str(exc), "bad_input")
         wanted = [o.name for o in parsed.outputs] if parsed.outputs else info.outputs
@@ -138,15 +189,10 @@ def create_app(
         finally:
             metrics.queue_depth.dec()
         by_name = dict(zip(info.outputs, outputs, strict=True))
-        response = InferResponse(
-            model_name=info.name,
-            model_version=info.version,
-            id=parsed.id,
-            outputs=[encode(n, by_name[n]) for n in wanted],
-        )
+        answer = respond(info, parsed, [(n, by_name[n]) for n in wanted])
         metrics.requests.labels(code="200").inc()
         metrics.latency.observe(time.perf_counter() - started)
-        return response
+        return answer
 
     @app.get("/metrics")
     async def prometheus() -> Response:

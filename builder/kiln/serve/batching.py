@@ -34,12 +34,23 @@ def split(outputs: list[Array], sizes: list[int]) -> list[list[Array]]:
 
 
 class Batcher:
-    def __init__(self, infer: Infer, max_batch: int, window_s: float) -> None:
+    def __init__(
+        self,
+        infer: Infer,
+        max_batch: int,
+        window_s: float,
+        executor: concurrent.futures.ThreadPoolExecutor | None = None,
+    ) -> None:
+        """`executor`: the one thread the runner lives on. Give the one that loaded and warmed
+        it up: OpenMP keeps a thread team per calling thread, and a second team (the warm-up
+        thread's) spinning beside the first slows every inference on a small machine."""
         self._infer = infer
         self.max_batch = max_batch
         self.window_s = window_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kiln-infer")
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="kiln-infer"
+        )
         self._task: asyncio.Task[None] | None = None
         self.on_batch: Callable[[int], None] = lambda size: None
 

@@ -43,14 +43,19 @@ class RequestTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = None  # absent when its bytes follow the header (binary extension)
     parameters: dict[str, Any] | None = None
+
+    def binary_size(self) -> int | None:
+        size = (self.parameters or {}).get("binary_data_size")
+        return None if size is None else int(size)
 
 
 class RequestedOutput(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
+    parameters: dict[str, Any] | None = None
 
 
 class InferRequest(BaseModel):
@@ -66,7 +71,8 @@ class ResponseTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
 
 
 class InferResponse(BaseModel):
@@ -83,8 +89,60 @@ def _flatten(data: list[Any]) -> list[Any]:
     return data
 
 
-def decode(request: InferRequest, inputs: list[TensorSpec], max_batch: int | None) -> Feeds:
-    """Feeds for the runner, or BadRequestError naming the input and what was expected."""
+# The binary tensor data extension (Triton's, used by its clients and perf_analyzer): the JSON
+# header's length in this header, each binary tensor's bytes after it in order.
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """(JSON header, the binary bytes after it)."""
+    view = memoryview(body)
+    if header_length is None:
+        return body, view[len(body) :]
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise BadRequestError(
+            f"Inference-Header-Content-Length {header_length!r} is not a number"
+        ) from None
+    if not 0 < length <= len(body):
+        raise BadRequestError(
+            f"Inference-Header-Content-Length {length} is outside the body of {len(body)} bytes"
+        )
+    return body[:length], view[length:]
+
+
+def binary_inputs(request: InferRequest, binary: memoryview) -> dict[str, memoryview]:
+    """Each binary input's bytes, cut from `binary` in the order of the inputs; the sizes must
+    add up to exactly what follows the header."""
+    raw: dict[str, memoryview] = {}
+    offset = 0
+    for tensor in request.inputs:
+        size = tensor.binary_size()
+        if size is None:
+            continue
+        if size < 0 or offset + size > len(binary):
+            raise BadRequestError(
+                f"input {tensor.name!r}: binary_data_size {size} runs past the "
+                f"{len(binary)} bytes after the header"
+            )
+        raw[tensor.name] = binary[offset : offset + size]
+        offset += size
+    if offset != len(binary):
+        raise BadRequestError(
+            f"binary_data_size values add up to {offset} bytes, but {len(binary)} follow the header"
+        )
+    return raw
+
+
+def decode(
+    request: InferRequest,
+    inputs: list[TensorSpec],
+    max_batch: int | None,
+    raw: dict[str, memoryview] | None = None,
+) -> Feeds:
+    """Feeds for the runner, or BadRequestError naming the input and what was expected.
+    `raw`: inputs given as bytes (binary extension, gRPC raw contents), used without a copy."""
     given = {t.name: t for t in request.inputs}
     expected = [t.name for t in inputs]
     unknown = sorted(set(given) - set(expected))
@@ -114,21 +172,64 @@ def decode(request: InferRequest, inputs: list[TensorSpec], max_batch: int | Non
                 f"input {spec.name!r}: batch {shape[0]} differs from the other inputs' {batch}"
             )
         batch = shape[0]
-        flat = _flatten(tensor.data)
-        count = int(np.prod(shape))
-        if len(flat) != count:
-            raise BadRequestError(
-                f"input {spec.name!r}: {len(flat)} values for shape {shape} ({count} expected)"
-            )
-        try:
-            feeds[spec.name] = np.asarray(flat, dtype=_NUMPY[want_type]).reshape(shape)
-        except (TypeError, ValueError) as exc:
-            raise BadRequestError(f"input {spec.name!r}: data is not {want_type}: {exc}") from None
+        data = (raw or {}).get(spec.name)
+        if data is not None:
+            feeds[spec.name] = _from_bytes(spec.name, data, want_type, shape)
+        else:
+            feeds[spec.name] = _from_values(spec.name, tensor.data, want_type, shape)
     if max_batch is not None and batch is not None and batch > max_batch:
         raise BadRequestError(
             f"batch {batch} exceeds the largest batch size this engine was built for ({max_batch})"
         )
     return feeds
+
+
+def _from_bytes(name: str, data: memoryview, datatype: str, shape: list[int]) -> Array:
+    dtype = np.dtype(_NUMPY[datatype])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise BadRequestError(
+            f"input {name!r}: {len(data)} bytes for {datatype} {shape} ({expected} expected)"
+        )
+    # A view over the request's bytes: no copy on the way to the runtime.
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _from_values(name: str, values: list[Any] | None, datatype: str, shape: list[int]) -> Array:
+    if values is None:
+        raise BadRequestError(f"input {name!r}: neither data nor parameters.binary_data_size")
+    flat = _flatten(values)
+    count = int(np.prod(shape))
+    if len(flat) != count:
+        raise BadRequestError(
+            f"input {name!r}: {len(flat)} values for shape {shape} ({count} expected)"
+        )
+    try:
+        return np.asarray(flat, dtype=_NUMPY[datatype]).reshape(shape)
+    except (TypeError, ValueError) as exc:
+        raise BadRequestError(f"input {name!r}: data is not {datatype}: {exc}") from None
+
+
+def wants_binary(request: InferRequest) -> dict[str, bool]:
+    """Which requested outputs go back as raw bytes: `binary_data_output` on the request sets
+    the default, `binary_data` on an output overrides it."""
+    default = bool((request.parameters or {}).get("binary_data_output", False))
+    return {
+        o.name: bool((o.parameters or {}).get("binary_data", default))
+        for o in request.outputs or []
+    } | ({"*": default} if not request.outputs else {})
+
+
+def encode_binary(name: str, array: Array) -> tuple[ResponseTensor, bytes]:
+    datatype = datatype_of(array)
+    data = np.ascontiguousarray(array, dtype=_NUMPY[datatype]).tobytes()
+    tensor = ResponseTensor(
+        name=name,
+        shape=list(array.shape),
+        datatype=datatype,
+        parameters={"binary_data_size": len(data)},
+    )
+    return tensor, data
 
 
 def datatype_of(array: Array) -> str:

@@ -326,7 +326,10 @@ class Serving(KilnModel):
     utilization: Annotated[float, Field(gt=0, le=1)] = Field(
         default=0.8, description="share of a replica's measured throughput to plan on"
     )
-    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8080, description="REST port")
+    grpc_port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=8081, description="gRPC port (Open Inference Protocol, Triton's clients)"
+    )
     batch_window_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
     resources: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="container resources (requests/limits)"
@@ -338,6 +341,8 @@ class Serving(KilnModel):
     def _auto(self) -> Self:
         if self.replicas == "auto" and self.target_throughput is None:
             raise ValueError("replicas: 'auto' needs serving.targetThroughput")
+        if self.grpc_port == self.port:
+            raise ValueError(f"grpcPort: {self.grpc_port} is also the REST port; give it another")
         return self
 
 

@@ -213,6 +213,8 @@ def server_deployment(
         "0.0.0.0",
         "--port",
         str(serving.port),
+        "--grpc-port",
+        str(serving.grpc_port),
         "--batch-window-ms",
         f"{serving.batch_window_ms:g}",
     ]
@@ -224,7 +226,10 @@ def server_deployment(
         "command": ["kiln"],
         "args": args,
         "envFrom": _credentials(secret),
-        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": serving.port, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": serving.grpc_port, "protocol": "TCP"},
+        ],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}},
         "startupProbe": {**probe, "failureThreshold": 60},
@@ -261,7 +266,15 @@ def server_service(model: OptimizedModel, target: TargetIntent) -> Manifest:
         ),
         "spec": {
             "selector": names.labels(name, "server", target.name),
-            "ports": [{"name": "http", "port": model.spec.serving.port, "targetPort": "http"}],
+            "ports": [
+                {"name": "http", "port": model.spec.serving.port, "targetPort": "http"},
+                {
+                    "name": "grpc",
+                    "port": model.spec.serving.grpc_port,
+                    "targetPort": "grpc",
+                    "appProtocol": "grpc",  # so meshes and gateways speak HTTP/2 to it
+                },
+            ],
         },
     }
 

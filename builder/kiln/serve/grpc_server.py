@@ -1,0 +1,176 @@
+"""The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`), beside REST in
+the same process and event loop: the same batcher, metrics and readiness. Inputs come as
+`raw_input_contents` (used without a copy) or typed `contents`; outputs go back as
+`raw_output_contents`, as Triton's and KServe's clients expect."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+
+from kiln.api.version import VERSION
+from kiln.serve.batching import Batcher
+from kiln.serve.grpc_protocol import compiled
+from kiln.serve.metrics import Metrics
+from kiln.serve.protocol import (
+    BadRequestError,
+    InferRequest,
+    datatype_of,
+    decode,
+    tensor_metadata,
+)
+
+# Typed `contents` fields by datatype (FP16 has none: it must come as raw bytes).
+_CONTENTS = {
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT64": "int64_contents",
+    "INT32": "int_contents",
+    "UINT8": "uint_contents",
+    "BOOL": "bool_contents",
+}
+
+
+def as_request(message: Any) -> tuple[InferRequest, dict[str, memoryview] | None]:
+    """The gRPC request as the protocol module's request, plus its raw inputs by name."""
+    raw_count = len(message.raw_input_contents)
+    if raw_count and raw_count != len(message.inputs):
+        raise BadRequestError(
+            f"{raw_count} raw_input_contents for {len(message.inputs)} inputs (one each expected)"
+        )
+    tensors = []
+    for tensor in message.inputs:
+        field = _CONTENTS.get(tensor.datatype)
+        values = list(getattr(tensor.contents, field)) if field and not raw_count else None
+        tensors.append(
+            {
+                "name": tensor.name,
+                "shape": list(tensor.shape),
+                "datatype": tensor.datatype,
+                "data": values,
+            }
+        )
+    outputs = [{"name": o.name} for o in message.outputs] or None
+    request = InferRequest.model_validate(
+        {"id": message.id or None, "inputs": tensors, "outputs": outputs}
+    )
+    raw = None
+    if raw_count:
+        raw = {
+            t.name: memoryview(message.raw_input_contents[i]) for i, t in enumerate(message.inputs)
+        }
+    return request, raw
+
+
+def servicer(info: Any, batcher: Batcher, metrics: Metrics) -> Any:
+    pb, stubs = compiled()
+
+    async def known(name: str, context: Any) -> None:
+        if name != info.name:
+            metrics.requests.labels(code="404").inc()
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {name!r}; this server serves {info.name!r}",
+            )
+
+    def metadata(entry: dict[str, Any]) -> Any:
+        return pb.ModelMetadataResponse.TensorMetadata(
+            name=entry["name"], datatype=entry["datatype"], shape=entry["shape"]
+        )
+
+    class Servicer(stubs.GRPCInferenceServiceServicer):  # type: ignore[misc, name-defined]
+        async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return pb.ServerLiveResponse(live=True)
+
+        async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return pb.ServerReadyResponse(ready=True)  # listening only after the warm-up
+
+        async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+            await known(request.name, context)
+            return pb.ModelReadyResponse(ready=True)
+
+        async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return pb.ServerMetadataResponse(name="kiln", version=VERSION, extensions=[])
+
+        async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+            await known(request.name, context)
+            outputs = info.output_meta or [
+                {"name": o, "datatype": "FP32", "shape": [-1]} for o in info.outputs
+            ]
+            return pb.ModelMetadataResponse(
+                name=info.name,
+                versions=[info.version],
+                platform=info.platform,
+                inputs=[metadata(tensor_metadata(t)) for t in info.inputs],
+                outputs=[metadata(o) for o in outputs],
+            )
+
+        async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+            started = time.perf_counter()
+            await known(request.model_name, context)
+            response = await infer(pb, info, batcher, metrics, request, context)
+            metrics.requests.labels(code="200").inc()
+            metrics.latency.observe(time.perf_counter() - started)
+            return response
+
+    return stubs, Servicer()
+
+
+async def infer(
+    pb: Any, info: Any, batcher: Batcher, metrics: Metrics, request: Any, context: Any
+) -> Any:
+    try:
+        parsed, raw = as_request(request)
+        feeds = decode(parsed, info.inputs, info.max_batch, raw)
+        wanted = [o.name for o in parsed.outputs] if parsed.outputs else info.outputs
+        unknown = sorted(set(wanted) - set(info.outputs))
+        if unknown:
+            raise BadRequestError(f"unknown output(s) {unknown}; this model has {info.outputs}")
+    except BadRequestError as exc:
+        metrics.requests.labels(code="400").inc()
+        metrics.errors.labels(kind="bad_input").inc()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    metrics.queue_depth.inc()
+    try:
+        outputs = await batcher.submit(feeds)
+    except Exception as exc:  # the runtime failed: the server stays up
+        metrics.requests.labels(code="500").inc()
+        metrics.errors.labels(kind="runtime").inc()
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}"
+        )
+    finally:
+        metrics.queue_depth.dec()
+    by_name = dict(zip(info.outputs, outputs, strict=True))
+    tensors, contents = [], []
+    for name in wanted:
+        array = np.ascontiguousarray(by_name[name])
+        tensors.append(
+            pb.ModelInferResponse.InferOutputTensor(
+                name=name, datatype=datatype_of(array), shape=list(array.shape)
+            )
+        )
+        contents.append(array.tobytes())
+    return pb.ModelInferResponse(
+        model_name=info.name,
+        model_version=info.version,
+        id=request.id,
+        outputs=tensors,
+        raw_output_contents=contents,
+    )
+
+
+def grpc_server(info: Any, batcher: Batcher, metrics: Metrics, address: str, max_bytes: int) -> Any:
+    """A grpc.aio server on `address`, not started (the app's lifespan starts and stops it)."""
+    options = [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    stubs, service = servicer(info, batcher, metrics)
+    stubs.add_GRPCInferenceServiceServicer_to_server(service, server)
+    server.add_insecure_port(address)
+    return server

@@ -1,0 +1,128 @@
+"""`kiln serve` driven by NVIDIA's own clients, as production callers drive Triton and KServe:
+tritonclient over HTTP (JSON and the binary tensor data extension) and over gRPC. Answers are
+checked against the engine itself; bad binary bodies get a 400 that says what was wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton_http
+
+from tests.conftest import free_port
+from tests.integration.test_serve import optimized, reference, start
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+__all__ = ["optimized"]  # the module fixture, shared with test_serve
+
+
+GRPC_PORT = free_port()
+
+
+@pytest.fixture(scope="module")
+def server(optimized: Path) -> Iterator[str]:
+    process, url = start(optimized, "--batch-window-ms", "5", grpc_port=GRPC_PORT)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def image(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_http(server: str, optimized: Path, binary: bool) -> None:
+    client = triton_http.InferenceServerClient(server.removeprefix("http://"))
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("tiny")
+    meta = client.get_model_metadata("tiny")
+    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 16, 16]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 4]}]
+    data = image(3)
+    tensor = triton_http.InferInput("image", [3, 3, 16, 16], "FP32")
+    tensor.set_data_from_numpy(data, binary_data=binary)
+    output = triton_http.InferRequestedOutput("logits", binary_data=binary)
+    result = client.infer("tiny", [tensor], outputs=[output])
+    got = result.as_numpy("logits")
+    assert got is not None
+    np.testing.assert_allclose(got, reference(optimized, data), rtol=1e-5, atol=1e-6)
+    # Without named outputs the client asks for all of them, in binary by default.
+    every = client.infer("tiny", [tensor]).as_numpy("logits")
+    np.testing.assert_allclose(every, got)
+
+
+def binary_body(header: dict[str, object], payload: bytes) -> tuple[bytes, dict[str, str]]:
+    text = json.dumps(header).encode()
+    return text + payload, {"Inference-Header-Content-Length": str(len(text))}
+
+
+def post(server: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{server}/v2/models/tiny/infer", content=body, headers=headers, timeout=30)
+
+
+def test_mixed_json_and_binary_and_what_a_bad_binary_body_gets(server: str) -> None:
+    raw = image(1).tobytes()
+    tensor = {"name": "image", "shape": [1, 3, 16, 16], "datatype": "FP32"}
+    good = {
+        "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": False}}],
+    }
+    answer = post(server, *binary_body(good, raw))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [1, 4]  # binary in, JSON out
+    cases = [
+        (binary_body(good, raw + b"x"), "add up to 3072 bytes, but 3073 follow the header"),
+        (binary_body(good, raw[:-4]), "runs past the 3068 bytes after the header"),
+        (
+            binary_body({"inputs": [{**tensor, "parameters": {"binary_data_size": 4}}]}, b"abcd"),
+            "4 bytes for FP32 [1, 3, 16, 16] (3072 expected)",
+        ),
+        (
+            (json.dumps(good).encode(), {"Inference-Header-Content-Length": "99999"}),
+            "Inference-Header-Content-Length 99999 is outside the body",
+        ),
+        (
+            binary_body({"inputs": [tensor]}, b""),
+            "neither data nor parameters.binary_data_size",
+        ),
+    ]
+    for (body, headers), expected in cases:
+        response = post(server, body, headers)
+        assert response.status_code == 400, (expected, response.text)
+        assert expected in response.json()["error"], response.text
+    assert post(server, *binary_body(good, raw)).status_code == 200  # and it serves on
+
+
+def test_tritonclient_grpc(server: str, optimized: Path) -> None:
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("tiny")
+    meta = client.get_model_metadata("tiny", as_json=True)
+    assert meta["platform"] == httpx.get(f"{server}/v2/models/tiny").json()["platform"]
+    assert [o["shape"] for o in meta["outputs"]] == [["-1", "4"]]  # int64 as JSON strings
+    data = image(5, seed=3)
+    tensor = triton_grpc.InferInput("image", [5, 3, 16, 16], "FP32")
+    tensor.set_data_from_numpy(data)
+    result = client.infer("tiny", [tensor])
+    np.testing.assert_allclose(
+        result.as_numpy("logits"), reference(optimized, data), rtol=1e-5, atol=1e-6
+    )
+    wrong = triton_grpc.InferInput("image", [1, 3, 8, 8], "FP32")
+    wrong.set_data_from_numpy(image(1)[:, :, :8, :8].copy())
+    with pytest.raises(InferenceServerException, match=r"shape \[1, 3, 8, 8\], expected"):
+        client.infer("tiny", [wrong])
+    with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+        client.get_model_metadata("other")
+    # REST and gRPC share one metrics registry.
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'kiln_requests_total{code="400"}' in metrics
