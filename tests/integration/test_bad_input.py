@@ -231,3 +231,27 @@ def test_a_folder_or_a_huge_file_as_the_spec(tiny: TinyExample) -> None:
         assert result.exit_code == 2
         assert result.stderr.startswith(f"error: {path}: ")
         assert expected in result.stderr
+
+
+def test_an_input_name_the_model_does_not_have(tiny: TinyExample) -> None:
+    spec = tiny_spec(
+        inputs=[{"name": "x", "shape": [-1, 3, 16, 16]}],
+        precisions=["fp32"],
+        calibration=None,
+    )
+    message = fails_with(tiny, spec, "spec.inputs[0].name: 'x' is not an input of the model")
+    assert "its forward takes (image)" in message
+
+
+def test_a_batch_size_the_exported_program_cannot_take(tiny: TinyExample) -> None:
+    from tests.fixtures.tiny_models import build
+
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(
+        build().eval(), (torch.zeros(2, 3, 16, 16),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, str(tiny.root / "capped.pt2"))
+    spec = tiny_spec(
+        source={"uri": "capped.pt2"}, batchSizes=[1, 128], precisions=["fp32"], calibration=None
+    )
+    fails_with(tiny, spec, "spec.batchSizes: the model does not accept batch size 128")

@@ -132,3 +132,18 @@ def test_torch_compile_on_a_torchscript_archive_is_not_applicable() -> None:
     skipped = {p.name: p.skip for p in plan_candidates(ts, CPU, NO_GPU)}
     assert "a TorchScript archive is not one" in (skipped["torch-compile-cpu-fp32"] or "")
     assert skipped["pytorch-cpu-fp32"] is None
+
+
+def test_spec_inputs_bind_to_the_forwards_names() -> None:
+    from kiln.builder.torch_source import binding_problem
+
+    assert binding_problem(None, ["anything"]) is None  # *args only: by position
+    assert binding_problem(["x", "mask"], ["x", "mask"]) is None
+    assert binding_problem(["x", "mask"], ["x"]) is None  # mask has a default, say
+    assert binding_problem(["x"], ["image"]) == (
+        "spec.inputs[0].name",
+        "'image' is not an input of the model; its forward takes (x)",
+    )
+    field, message = binding_problem(["ids", "mask"], ["mask", "ids"]) or ("", "")
+    assert field == "spec.inputs"
+    assert "model's order (ids, mask); the spec has (mask, ids)" in message

@@ -42,6 +42,23 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
         return sample
 
 
+def calibration_options(method: Method, percentile: float) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "CalibPercentile": percentile,
+    }
+    if method is not Method.MINMAX:
+        # Bounded memory: the histogram calibrators keep whole activations until they fold
+        # them into their histograms; flushing every 32 samples keeps that small. Not for
+        # MinMax: it keeps only per-tensor minima and maxima, and ONNX Runtime's MinMax
+        # calibrator discards (instead of merging) what it collected at each flush
+        # (microsoft/onnxruntime#18893): 512 samples ended in "No data is collected", 40 in a
+        # range from the last 8.
+        options["CalibMaxIntermediateOutputs"] = 32
+    return options
+
+
 def quantize_qdq(
     model: Path,
     out: Path,
@@ -63,13 +80,7 @@ def quantize_qdq(
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=_METHODS[method],
-            extra_options={
-                "ActivationSymmetric": True,
-                "WeightSymmetric": True,
-                "CalibPercentile": percentile,
-                # Bounded memory: flush collected activations every 32 samples.
-                "CalibMaxIntermediateOutputs": 32,
-            },
+            extra_options=calibration_options(method, percentile),
         )
     finally:
         prepared.unlink(missing_ok=True)

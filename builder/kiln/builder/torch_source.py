@@ -4,6 +4,7 @@ it accepts the spec's inputs and returns as many outputs as the spec names."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,61 @@ def _from_factory(factory: str, weights: Path, base_dir: Path) -> Any:
     return model
 
 
+def input_names(module: Any) -> list[str] | None:
+    """The forward's argument names (torch.export programs, factory modules and TorchScript
+    keep them), or None where it takes only *args."""
+    try:
+        parameters = inspect.signature(module.forward if hasattr(module, "forward") else module)
+    except (TypeError, ValueError):
+        return None
+    names = [
+        p.name
+        for p in parameters.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+    ]
+    return names or None
+
+
+def binding_problem(model: list[str] | None, spec: list[str]) -> tuple[str, str] | None:
+    """(field, message) when the spec's input names cannot bind to the model's arguments.
+    Inputs are passed in the spec's order, so that order must be the model's."""
+    if model is None:
+        return None  # only *args: bound by position
+    takes = ", ".join(model)
+    for i, name in enumerate(spec):
+        if name not in model:
+            return (
+                f"spec.inputs[{i}].name",
+                f"{name!r} is not an input of the model; its forward takes ({takes})",
+            )
+    if spec != model[: len(spec)]:
+        return (
+            "spec.inputs",
+            f"list the inputs in the model's order ({takes}); the spec has ({', '.join(spec)})",
+        )
+    return None
+
+
 def check_torch_signature(module: Any, spec: OptimizedModelSpec) -> None:
-    """One forward pass at the smallest batch size: wrong shapes and dtypes surface here."""
-    batch = spec.batch_sizes[0]
+    """The spec's input names against the forward's, then one forward pass per batch size the
+    spec lists: wrong names, shapes, dtypes and batch sizes surface here, before any export."""
+    # TorchScript archives are bound by position (a traced archive's names are the tracer's).
+    scripted = spec.source.resolved_format() is SourceFormat.TORCHSCRIPT
+    names = None if scripted else input_names(module)
+    problem = binding_problem(names, [t.name for t in spec.inputs])
+    if problem is not None:
+        raise KilnInputError(*problem)
+    for i, batch in enumerate(spec.batch_sizes):
+        outputs = _forward(module, spec, batch, "spec.inputs" if i == 0 else "spec.batchSizes")
+        if i == 0 and len(outputs) != len(spec.outputs):
+            raise KilnInputError(
+                "spec.outputs",
+                f"names {len(spec.outputs)} outputs {spec.outputs} but the model returns "
+                f"{len(outputs)} tensor(s)",
+            )
+
+
+def _forward(module: Any, spec: OptimizedModelSpec, batch: int, field: str) -> list[Any]:
     feeds = random_feeds(spec.inputs, batch, seed=0)
     args = [torch.from_numpy(feeds[t.name]) for t in spec.inputs]
     described = ", ".join(
@@ -87,15 +140,9 @@ def check_torch_signature(module: Any, spec: OptimizedModelSpec) -> None:
     )
     try:
         with torch.inference_mode():
-            outputs = flatten_outputs(module(*args))
+            return flatten_outputs(module(*args))
     except Exception as exc:
+        what = f"batch size {batch}" if field == "spec.batchSizes" else described
         raise KilnInputError(
-            "spec.inputs",
-            f"the model does not accept {described}: {_first_line(exc)}",
+            field, f"the model does not accept {what}: {_first_line(exc)}"
         ) from None
-    if len(outputs) != len(spec.outputs):
-        raise KilnInputError(
-            "spec.outputs",
-            f"names {len(spec.outputs)} outputs {spec.outputs} but the model returns "
-            f"{len(outputs)} tensor(s)",
-        )
