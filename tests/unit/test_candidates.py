@@ -147,3 +147,24 @@ def test_spec_inputs_bind_to_the_forwards_names() -> None:
     field, message = binding_problem(["ids", "mask"], ["mask", "ids"]) or ("", "")
     assert field == "spec.inputs"
     assert "model's order (ids, mask); the spec has (mask, ids)" in message
+
+
+def test_torch_compile_compiles_while_it_is_built() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from torch._dynamo.utils import counters
+
+    from kiln.api.spec import Backend, Precision
+    from kiln.builder.candidates import CandidatePlan
+    from kiln.builder.engines import _torch_runner
+
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    prepared: Any = SimpleNamespace(
+        module=torch.nn.Linear(3, 2), samples=[{"x": np.zeros((1, 3), np.float32)}]
+    )
+    plan = CandidatePlan(Backend.TORCH_COMPILE, Precision.FP32, "cpu")
+    _torch_runner(plan, prepared, ["x"], "cpu")
+    assert counters["stats"]["unique_graphs"] > before  # compiled during the build step

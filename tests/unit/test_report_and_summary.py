@@ -154,3 +154,27 @@ def test_capacity_shows_in_the_headline_and_reports() -> None:
     assert "## Capacity and cost" in md
     assert "| cpu (cheapest) | onnxruntime-cpu-fp32 | 7 | 4 | $2,555 | $1,460 | $1,095 |" in md
     assert "Capacity and cost" in render_html("m", status)
+
+
+def test_a_skipped_cuda_target_claims_no_measurement() -> None:
+    from kiln.api.status import Environment
+
+    env = Environment(device_type="cuda", device_name="cuda", builder="x")
+    skipped = TargetStatus(
+        name="cuda", device="cuda", state=State.SKIPPED, reason="no CUDA device", environment=env
+    )
+    status = OptimizedModelStatus(
+        phase=Phase.READY, targets=[target("onnxruntime-cpu-fp32"), skipped]
+    )
+    report = render_markdown("m", status)
+    assert "## Target cuda" in report
+    assert "Measured on" not in report.split("## Target cuda")[1]
+
+
+def test_a_cuda_target_without_a_gpu_is_not_named_after_the_cpu() -> None:
+    from kiln.builder.environment import Capabilities, TargetPlan, environment
+    from kiln.runtime.threads import ThreadBudget
+
+    caps = Capabilities(cuda_device=None, cuda_reason="no CUDA device")
+    env = environment(TargetPlan("NVIDIA-L4", "cuda", "absent"), caps, ThreadBudget(1, "test"))
+    assert env.device_name == "NVIDIA-L4"

@@ -91,7 +91,8 @@ def plan_targets(targets: Targets, caps: Capabilities) -> list[TargetPlan]:
 def environment(target: TargetPlan, caps: Capabilities, threads: ThreadBudget) -> Environment:
     import torch
 
-    device_name = caps.cuda_device if target.device == "cuda" and caps.cuda_device else _cpu_model()
+    # A CUDA target names its GPU (or, skipped, only its type), never this machine's CPU.
+    device_name = (caps.cuda_device or target.name) if target.device == "cuda" else _cpu_model()
     return Environment(
         device_type=target.name,
         device_name=device_name,

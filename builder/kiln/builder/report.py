@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
-from kiln.api.status import Interval, OptimizedModelStatus, TargetStatus
+from kiln.api.status import Interval, OptimizedModelStatus, State, TargetStatus
 from kiln.api.summary import money
 
 COLUMNS = [
@@ -193,7 +193,7 @@ def render_markdown(name: str, status: OptimizedModelStatus, verdict: Sequence[s
     lines += ["| " + " | ".join(r) + " |" for r in rows(status)]
     for target in status.targets:
         lines += ["", f"## Target {target.name}", ""]
-        if target.environment:
+        if target.environment and target.state is State.OK:  # a skipped target measured nothing
             env = target.environment
             lines.append(
                 f"Measured on {env.device_name} with torch {env.torch}, onnxruntime "
