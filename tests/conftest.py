@@ -144,17 +144,24 @@ def write_calibration(folder: Path, samples: int, shards: int = 2, **arrays: Any
         np.savez(folder / f"shard-{i}.npz", **data)
 
 
-@pytest.fixture
-def tiny(tmp_path: Path) -> TinyExample:
-    """A factory-format tiny model (module next to the spec), its weights and calibration."""
+def make_tiny_example(root: Path, calibration: bool = True) -> TinyExample:
+    """The tiny model's module and weights in `root`, with a calibration set unless told
+    otherwise; no spec yet."""
     import torch
 
     from tests.fixtures.tiny_models import build
 
-    shutil.copy(FIXTURES / "tiny_models.py", tmp_path / "tiny_models.py")
-    torch.save(build().state_dict(), tmp_path / "weights.pt")
-    write_calibration(tmp_path / "calibration", 32)
-    example = TinyExample(tmp_path)
+    shutil.copy(FIXTURES / "tiny_models.py", root / "tiny_models.py")
+    torch.save(build().state_dict(), root / "weights.pt")
+    if calibration:
+        write_calibration(root / "calibration", 32)
+    return TinyExample(root)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> TinyExample:
+    """A factory-format tiny model (module next to the spec), its weights and calibration."""
+    example = make_tiny_example(tmp_path)
     example.write_spec(tiny_spec())
     return example
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from kiln.cli.main import app
 from kiln.runtime.aoti_runner import AotiRunner, IncompatiblePackageError, package_metadata
 from kiln.storage.objects import parse_uri
-from tests.conftest import FIXTURES, TinyExample, tiny_spec, write_calibration
+from tests.conftest import TinyExample, make_tiny_example, tiny_spec
 from tests.fixtures.tiny_models import build
 from tests.integration.test_serve import Server, start
 
@@ -47,11 +47,7 @@ def candidate(target: dict[str, Any], name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> TinyExample:
-    root = tmp_path_factory.mktemp("aoti")
-    shutil.copy(FIXTURES / "tiny_models.py", root / "tiny_models.py")
-    torch.save(build().state_dict(), root / "weights.pt")
-    write_calibration(root / "calibration", 32)
-    return TinyExample(root)
+    return make_tiny_example(tmp_path_factory.mktemp("aoti"), calibration=False)
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +144,7 @@ def test_a_compile_failure_is_a_failed_candidate_and_nothing_is_marked_built(
     # compile cannot be answered from an earlier test's objects.
     monkeypatch.setenv("CXX", "/bin/false")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    shutil.copy(FIXTURES / "tiny_models.py", tmp_path / "tiny_models.py")
-    torch.save(build().state_dict(), tmp_path / "weights.pt")
-    example = TinyExample(tmp_path)
+    example = make_tiny_example(tmp_path, calibration=False)
     target = optimize(
         example,
         tmp_path / "out",

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from kiln.cli.main import app
 from kiln.storage.objects import parse_uri
-from tests.conftest import TinyExample, free_port, tiny_spec
+from tests.conftest import free_port, make_tiny_example, tiny_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 KILN = str(Path(sys.executable).parent / "kiln")
@@ -84,16 +84,8 @@ def start(
 
 @pytest.fixture(scope="module")
 def optimized(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from tests.conftest import FIXTURES, write_calibration
-    from tests.fixtures.tiny_models import build
-
-    root = tmp_path_factory.mktemp("serve")
-    shutil.copy(FIXTURES / "tiny_models.py", root / "tiny_models.py")
-    torch.save(build().state_dict(), root / "weights.pt")
-    write_calibration(root / "calibration", 32)
-    example = TinyExample(root)
+    example = make_tiny_example(tmp_path_factory.mktemp("serve"))
+    root = example.root
     example.write_spec(
         tiny_spec(
             batchSizes=[1, 8], precisions=["fp32"], calibration=None, selection={"minSpeedup": 0.01}

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.api.load import parse_document
 from kiln.api.spec import OptimizedModelSpec, Targets
 from kiln.builder.candidates import plan_candidates
 from kiln.builder.environment import Capabilities, TargetPlan, plan_targets
 from kiln.runtime.devices import gpu_product_label
+from tests.fixtures.specs import spec_of
 
 NO_GPU = Capabilities(
     cuda_device=None,
@@ -30,16 +30,7 @@ def spec(**over: Any) -> OptimizedModelSpec:
         "outputs": ["y"],
         "calibration": {"uri": "cal"},
     }
-    body.update(over)
-    return parse_document(
-        {
-            "apiVersion": "kiln.dev/v1alpha1",
-            "kind": "OptimizedModel",
-            "metadata": {"name": "m"},
-            "spec": body,
-        },
-        "x",
-    ).spec
+    return spec_of({**body, **over})
 
 
 def test_gpu_label_matches_feature_discovery() -> None:

@@ -6,7 +6,6 @@ from typing import Any
 import pytest
 
 from kiln.api.capacity import break_even_hours, monthly_cost, replicas_needed
-from kiln.api.load import parse_document
 from kiln.api.select import reselect
 from kiln.api.spec import Backend, OptimizedModelSpec, Precision
 from kiln.api.status import (
@@ -19,6 +18,7 @@ from kiln.api.status import (
     TargetStatus,
 )
 from kiln.operator.render import replicas
+from tests.fixtures.specs import spec_of
 
 
 @pytest.mark.parametrize(
@@ -102,13 +102,7 @@ def spec(**changes: Any) -> OptimizedModelSpec:
         "batchSizes": [8],
         **changes,
     }
-    document = {
-        "apiVersion": "kiln.dev/v1alpha1",
-        "kind": "OptimizedModel",
-        "metadata": {"name": "m"},
-        "spec": body,
-    }
-    return parse_document(document, "x").spec
+    return spec_of(body)
 
 
 def test_no_target_throughput_means_no_capacity_plan() -> None:
