@@ -7,7 +7,6 @@ import concurrent.futures
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +14,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from kiln.api.spec import TensorSpec
 from kiln.api.version import VERSION
 from kiln.serve.batching import Batcher, Infer
 from kiln.serve.metrics import Metrics
@@ -29,32 +27,23 @@ from kiln.serve.protocol import (
     decode,
     encode,
     encode_binary,
+    requested_outputs,
     split_body,
     tensor_metadata,
     wants_binary,
 )
+from kiln.serve.served import EngineFailedError, ModelInfo, run_engine
 
-
-@dataclass
-class ModelInfo:
-    name: str
-    version: str  # the engine's result key: what exactly is being served
-    platform: str  # e.g. onnxruntime-cpu-fp32
-    inputs: list[TensorSpec]
-    outputs: list[str]
-    max_batch: int
-    # name, datatype and shape of each output, as the engine answered its warm-up
-    output_meta: list[dict[str, Any]] | None = None
+__all__ = ["ModelInfo", "create_app", "respond"]
 
 
 def respond(info: ModelInfo, request: InferRequest, outputs: list[tuple[str, Any]]) -> Response:
     """JSON tensors, or, for outputs asked for as binary, a JSON header followed by their raw
     bytes in order (Inference-Header-Content-Length says where the header ends)."""
-    binary = wants_binary(request)
     tensors: list[ResponseTensor] = []
     chunks: list[bytes] = []
     for name, array in outputs:
-        if binary.get(name, binary.get("*", False)):
+        if wants_binary(request, name):
             tensor, data = encode_binary(name, array)
             tensors.append(tensor)
             chunks.append(data)
@@ -139,8 +128,7 @@ def create_app(
             "versions": [info.version],
             "platform": info.platform,
             "inputs": [tensor_metadata(t) for t in info.inputs],
-            "outputs": info.output_meta
-            or [{"name": o, "datatype": "FP32", "shape": [-1]} for o in info.outputs],
+            "outputs": info.outputs_metadata(),
         }
 
     @app.get("/v2/models/{name}/ready")
@@ -175,21 +163,15 @@ def create_app(
             feeds = decode(parsed, info.inputs, info.max_batch, binary_inputs(parsed, binary))
         except BadRequestError as exc:
             return error(400, str(exc), "bad_input")
-        wanted = [o.name for o in parsed.outputs] if parsed.outputs else info.outputs
-        missing_out = sorted(set(wanted) - set(info.outputs))
-        if missing_out:
-            return error(
-                400, f"unknown output(s) {missing_out}; this model has {info.outputs}", "bad_output"
-            )
-        metrics.queue_depth.inc()
         try:
-            outputs = await batcher.submit(feeds)
-        except Exception as exc:  # the runtime failed: a server error, the server stays up
-            return error(500, f"inference failed: {type(exc).__name__}: {exc}", "runtime")
-        finally:
-            metrics.queue_depth.dec()
-        by_name = dict(zip(info.outputs, outputs, strict=True))
-        answer = respond(info, parsed, [(n, by_name[n]) for n in wanted])
+            wanted = requested_outputs(parsed, info.outputs)
+        except BadRequestError as exc:
+            return error(400, str(exc), "bad_output")
+        try:
+            outputs = await run_engine(info, batcher, metrics, feeds, wanted)
+        except EngineFailedError as exc:
+            return error(500, str(exc), "runtime")
+        answer = respond(info, parsed, outputs)
         metrics.requests.labels(code="200").inc()
         metrics.latency.observe(time.perf_counter() - started)
         return answer

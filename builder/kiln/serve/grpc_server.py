@@ -20,8 +20,10 @@ from kiln.serve.protocol import (
     InferRequest,
     datatype_of,
     decode,
+    requested_outputs,
     tensor_metadata,
 )
+from kiln.serve.served import EngineFailedError, ModelInfo, run_engine
 
 # Typed `contents` fields by datatype (FP16 has none: it must come as raw bytes).
 _CONTENTS = {
@@ -65,7 +67,7 @@ def as_request(message: Any) -> tuple[InferRequest, dict[str, memoryview] | None
     return request, raw
 
 
-def servicer(info: Any, batcher: Batcher, metrics: Metrics) -> Any:
+def servicer(info: ModelInfo, batcher: Batcher, metrics: Metrics) -> Any:
     pb, stubs = compiled()
 
     async def known(name: str, context: Any) -> None:
@@ -97,15 +99,12 @@ def servicer(info: Any, batcher: Batcher, metrics: Metrics) -> Any:
 
         async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
             await known(request.name, context)
-            outputs = info.output_meta or [
-                {"name": o, "datatype": "FP32", "shape": [-1]} for o in info.outputs
-            ]
             return pb.ModelMetadataResponse(
                 name=info.name,
                 versions=[info.version],
                 platform=info.platform,
                 inputs=[metadata(tensor_metadata(t)) for t in info.inputs],
-                outputs=[metadata(o) for o in outputs],
+                outputs=[metadata(o) for o in info.outputs_metadata()],
             )
 
         async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -120,34 +119,25 @@ def servicer(info: Any, batcher: Batcher, metrics: Metrics) -> Any:
 
 
 async def infer(
-    pb: Any, info: Any, batcher: Batcher, metrics: Metrics, request: Any, context: Any
+    pb: Any, info: ModelInfo, batcher: Batcher, metrics: Metrics, request: Any, context: Any
 ) -> Any:
     try:
         parsed, raw = as_request(request)
         feeds = decode(parsed, info.inputs, info.max_batch, raw)
-        wanted = [o.name for o in parsed.outputs] if parsed.outputs else info.outputs
-        unknown = sorted(set(wanted) - set(info.outputs))
-        if unknown:
-            raise BadRequestError(f"unknown output(s) {unknown}; this model has {info.outputs}")
+        wanted = requested_outputs(parsed, info.outputs)
     except BadRequestError as exc:
         metrics.requests.labels(code="400").inc()
         metrics.errors.labels(kind="bad_input").inc()
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    metrics.queue_depth.inc()
     try:
-        outputs = await batcher.submit(feeds)
-    except Exception as exc:  # the runtime failed: the server stays up
+        outputs = await run_engine(info, batcher, metrics, feeds, wanted)
+    except EngineFailedError as exc:
         metrics.requests.labels(code="500").inc()
         metrics.errors.labels(kind="runtime").inc()
-        await context.abort(
-            grpc.StatusCode.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}"
-        )
-    finally:
-        metrics.queue_depth.dec()
-    by_name = dict(zip(info.outputs, outputs, strict=True))
+        await context.abort(grpc.StatusCode.INTERNAL, str(exc))
     tensors, contents = [], []
-    for name in wanted:
-        array = np.ascontiguousarray(by_name[name])
+    for name, output in outputs:
+        array = np.ascontiguousarray(output)
         tensors.append(
             pb.ModelInferResponse.InferOutputTensor(
                 name=name, datatype=datatype_of(array), shape=list(array.shape)
@@ -163,7 +153,9 @@ async def infer(
     )
 
 
-def grpc_server(info: Any, batcher: Batcher, metrics: Metrics, address: str, max_bytes: int) -> Any:
+def grpc_server(
+    info: ModelInfo, batcher: Batcher, metrics: Metrics, address: str, max_bytes: int
+) -> Any:
     """A grpc.aio server on `address`, not started (the app's lifespan starts and stops it)."""
     options = [
         ("grpc.max_receive_message_length", max_bytes),

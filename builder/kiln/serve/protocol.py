@@ -210,14 +210,21 @@ def _from_values(name: str, values: list[Any] | None, datatype: str, shape: list
         raise BadRequestError(f"input {name!r}: data is not {datatype}: {exc}") from None
 
 
-def wants_binary(request: InferRequest) -> dict[str, bool]:
-    """Which requested outputs go back as raw bytes: `binary_data_output` on the request sets
-    the default, `binary_data` on an output overrides it."""
+def wants_binary(request: InferRequest, name: str) -> bool:
+    """Does output `name` go back as raw bytes? `binary_data_output` on the request sets the
+    default, `binary_data` on the output overrides it."""
     default = bool((request.parameters or {}).get("binary_data_output", False))
-    return {
-        o.name: bool((o.parameters or {}).get("binary_data", default))
-        for o in request.outputs or []
-    } | ({"*": default} if not request.outputs else {})
+    asked = next((o for o in request.outputs or [] if o.name == name), None)
+    return bool((asked.parameters or {}).get("binary_data", default)) if asked else default
+
+
+def requested_outputs(request: InferRequest, available: list[str]) -> list[str]:
+    """The outputs to answer with, in the request's order (all of them when none is named)."""
+    wanted = [o.name for o in request.outputs] if request.outputs else available
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise BadRequestError(f"unknown output(s) {unknown}; this model has {available}")
+    return wanted
 
 
 def encode_binary(name: str, array: Array) -> tuple[ResponseTensor, bytes]:
