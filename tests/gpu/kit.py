@@ -268,8 +268,9 @@ def build(out: Path) -> dict[str, object]:
     runtime = Path(shutil.move(str(runtime), parked / runtime.name))
     check_installable(wheels, runtime, device, plan)
     manifest = split(runtime, ort_parts)
+    carried = sorted(p.name for p in wheels.glob("*.whl"))
     summary: dict[str, object] = {
-        "carried": sorted(p.name for p in wheels.glob("*.whl")),
+        "carried": carried,
         "runtime": manifest,
         "trustedToTheDevice": {k: sorted(set(v)) for k, v in sorted(plan.on_device.items())},
     }
@@ -277,7 +278,7 @@ def build(out: Path) -> dict[str, object]:
     shutil.rmtree(parked)
     size = sum(p.stat().st_size for p in wheels.glob("*.whl")) >> 20
     print(
-        f"{out}: {len(summary['carried'])} wheels ({size} MiB), "  # type: ignore[arg-type]
+        f"{out}: {len(carried)} wheels ({size} MiB), "
         f"{RUNTIME} in {len(manifest['parts'])} parts; see tests/gpu/README.md"
     )
     return summary

@@ -186,7 +186,8 @@ def serve_check(out: Path, program: Path) -> int:
     )
     url = f"http://127.0.0.1:{port}/v2/models"
     try:
-        meta = _wait_for(url, server)
+        name = json.loads((out / "model.json").read_text())["metadata"]["name"]
+        meta = _wait_for(url, name, server)
         rng = np.random.default_rng(0)
         inputs = [
             {"name": t["name"], "datatype": t["datatype"], "shape": [2, *t["shape"][1:]]}
@@ -218,7 +219,8 @@ def serve_check(out: Path, program: Path) -> int:
     return 0 if error <= 0.05 else 1
 
 
-def _wait_for(url: str, server: subprocess.Popen[bytes]) -> dict[str, Any]:
+def _wait_for(url: str, name: str, server: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """The model's metadata, once the server is ready."""
     import urllib.error
     import urllib.request
 
@@ -227,19 +229,13 @@ def _wait_for(url: str, server: subprocess.Popen[bytes]) -> dict[str, Any]:
         if server.poll() is not None:
             raise SystemExit(f"kiln serve exited {server.returncode}")
         try:
-            listing = urllib.request.urlopen(url.removesuffix("/models") + "/health/ready")
-            if listing.status == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(1)
-    # The one model's metadata (its name is the resource's metadata.name).
-    for name in ("lipsync", "tiny"):
-        try:
             data: dict[str, Any] = json.load(urllib.request.urlopen(f"{url}/{name}"))
             return data
-        except urllib.error.HTTPError:
-            continue
-    raise SystemExit("the server serves neither lipsync nor tiny")
+        except urllib.error.HTTPError as exc:  # listening, but not serving that model
+            raise SystemExit(f"{url}/{name}: {exc}") from None
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(1)
+    raise SystemExit("kiln serve did not become ready")
 
 
 def items(results: Path, torch_only: bool) -> list[tuple[str, list[str], str | None]]:

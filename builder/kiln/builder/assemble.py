@@ -46,14 +46,13 @@ def candidate_status(found: Found) -> CandidateStatus:
     )
     if found.built is None:
         return status.model_copy(update={"state": State.SKIPPED, "reason": plan.skip})
-    benchmarks = found.benchmarks
     status = status.model_copy(
         update={
             "artifact": found.built.artifact,
             "artifact_reused": found.built.cached,
             "build_seconds": found.built.seconds,
             "accuracy": found.accuracy,
-            "benchmarks": benchmarks,
+            "benchmarks": found.benchmarks,
         }
     )
     if found.failure is not None:

@@ -146,29 +146,22 @@ def _objective_text(best: CandidateStatus, selection: Selection) -> str:
     return why
 
 
-def headline(candidate: CandidateStatus, batch: int) -> CandidateStatus:
+# The candidate fields that repeat one batch size's benchmark, under the same names.
+_HEADLINE = ("batch_size", "latency_ms", "throughput", "speedup", "speedup_interval", "disturbed")
+
+
+def at_decision_batch(candidate: CandidateStatus, batch: int) -> CandidateStatus:
     """The candidate's headline numbers (what selection compares and the table shows) are its
     measurements at the decision batch size; every batch size is measured, so a change of the
-    decision batch only picks other stored numbers."""
-    found = next((r for r in candidate.benchmarks if r.batch_size == batch), None)
-    if candidate.state is not State.OK or found is None:
-        cleared = dict.fromkeys(_HEADLINE)
-        return (
-            candidate.model_copy(update=cleared) if candidate.batch_size is not None else candidate
-        )
-    return candidate.model_copy(
-        update={
-            "batch_size": found.batch_size,
-            "latency_ms": found.latency_ms,
-            "throughput": found.throughput,
-            "speedup": found.speedup,
-            "speedup_interval": found.speedup_interval,
-            "disturbed": found.disturbed,
-        }
+    decision batch only picks other stored numbers. None where it was not measured there."""
+    found = (
+        next((r for r in candidate.benchmarks if r.batch_size == batch), None)
+        if candidate.state is State.OK
+        else None
     )
-
-
-_HEADLINE = ("batch_size", "latency_ms", "throughput", "speedup", "speedup_interval", "disturbed")
+    if found is None and candidate.batch_size is None:
+        return candidate  # numbers recorded without per-batch benchmarks: nothing to pick from
+    return candidate.model_copy(update={k: getattr(found, k, None) for k in _HEADLINE})
 
 
 def reselect(result: TargetStatus, spec: OptimizedModelSpec) -> TargetStatus:
@@ -179,7 +172,7 @@ def reselect(result: TargetStatus, spec: OptimizedModelSpec) -> TargetStatus:
     if result.state is not State.OK:
         return result
     batch = spec.decision_batch_size()
-    candidates = [headline(c, batch) for c in result.candidates]
+    candidates = [at_decision_batch(c, batch) for c in result.candidates]
     chosen, why = select(candidates, result.baseline, spec.selection)
     decided = result.model_copy(
         update={"candidates": candidates, "selected": chosen, "selection_reason": why}
