@@ -39,6 +39,7 @@ from tests.cluster.install import (
     operator_command,
     s3_secret,
 )
+from tests.cluster.metrics import delta, request_counts, writes_to
 from tests.cluster.models import upload_tiny
 from tests.cluster.processes import free_port
 from tests.conftest import FAST_BENCHMARK
@@ -441,6 +442,40 @@ def test_stored_results_mean_no_job_at_all(operator: Operator) -> None:
     cpu = next(t for t in status["targets"] if t["name"] == "cpu")
     assert cpu["readyReplicas"] == 1
     delete_and_wait_for_collection(op, ns, "again")
+
+
+def test_settled_passes_write_nothing_and_hand_edits_are_undone(operator: Operator) -> None:
+    """Idle passes are free (kiln.operator.drift), counted by the API server itself: a spec
+    change that re-decides the same engine and a resync (30 s here) write the status and no
+    child; a hand edit of a field Kiln sets, or a deleted child, is put back."""
+    op = operator
+    ns = namespace(op, "idle")
+    ready_from_storage(op, ns, "idle")
+    children = {"deployments", "services", "jobs", "configmaps"}
+    before = request_counts(op.cluster)
+    apply(op, resource("idle", ns, selection={"minSpeedup": 0.02}))
+    wait_status(op, ns, "idle", ready(2), "phase Ready at generation 2")
+    time.sleep(40)  # past the resync of every settled resource (30 s, jittered by 20 %)
+    sent = delta(before, request_counts(op.cluster))
+    assert writes_to(sent, children) == 0, sent
+    assert sent[("PATCH", "optimizedmodels", "status")] >= 1  # the status did change
+
+    apps, core = client.AppsV1Api(op.api()), client.CoreV1Api(op.api())
+    kubectl(op.cluster, "scale", "deployment/idle-cpu", "--replicas=3", "-n", ns)
+    eventually(
+        op,
+        lambda: apps.read_namespaced_deployment("idle-cpu", ns).spec.replicas == 1,
+        60,
+        "the hand-scaled Deployment back at the replicas the spec asks for",
+    )
+    core.delete_namespaced_service("idle-cpu", ns)
+    eventually(
+        op,
+        lambda: any(s.metadata.name == "idle-cpu" for s in core.list_namespaced_service(ns).items),
+        60,
+        "the hand-deleted Service applied again",
+    )
+    delete_and_wait_for_collection(op, ns, "idle")
 
 
 def test_a_new_gpu_type_is_built_for_and_a_vanished_one_goes_stale(operator: Operator) -> None:

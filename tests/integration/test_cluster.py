@@ -357,6 +357,7 @@ def test_manifests_apply_server_side_and_grant_least_privilege(cluster: ClusterI
         ("patch", "deployments.apps"),
         ("patch", "deployments.apps/scale"),
         ("create", "configmaps"),
+        ("watch", "services"),  # the cache that tells which Services need a write
         ("patch", "optimizedmodels.kiln.dev/status"),
         ("watch", "nodes"),
         ("create", "events"),

@@ -1,6 +1,6 @@
-"""observe -> plan -> apply: the writes. Server-side apply of every desired child under one
-field manager (idempotent: applying the same manifest twice changes nothing), a scale-to-zero
-for stale targets, and the status only when it changed."""
+"""observe -> plan -> apply: the writes. Server-side apply of the desired children that differ
+from the cache (`kiln.operator.drift`) under one field manager, a scale-to-zero for stale
+targets, and the status only when it changed."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.operator.decide import Manifest
-from kiln.operator.plan import Plan
+from kiln.operator.drift import Writes
+from kiln.operator.names import FIELD_MANAGER
 
-FIELD_MANAGER = "kiln-operator"
 TIMEOUT = 30  # seconds for every API call: a hung API server must not hang the operator
 _APPLY = "application/apply-patch+yaml"
 
@@ -55,12 +55,16 @@ def apply_manifest(clients: Clients, manifest: Manifest) -> None:
     )
 
 
-def apply_plan(clients: Clients, namespace: str, plan: Plan) -> None:
-    for manifest in plan.apply:
+def apply_writes(clients: Clients, namespace: str, writes: Writes) -> None:
+    for manifest in writes.apply:
         apply_manifest(clients, manifest)
-    for name in plan.scale_to_zero:
+    for name in writes.scale_to_zero:
         clients.apps.patch_namespaced_deployment_scale(
-            name, namespace, {"spec": {"replicas": 0}}, _request_timeout=TIMEOUT
+            name,
+            namespace,
+            {"spec": {"replicas": 0}},
+            field_manager=FIELD_MANAGER,  # Kiln's own write, not drift (kiln.operator.drift)
+            _request_timeout=TIMEOUT,
         )
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from kiln.api.report import parse_report
 from kiln.operator import names
-from kiln.operator.observed import DeploymentState, JobState
+from kiln.operator.drift import applied_of
+from kiln.operator.observed import DeploymentState, JobState, ServiceState
 
 Body = Mapping[str, Any]
 
@@ -35,6 +36,7 @@ def job_state(body: Body) -> JobState:
         name=body["metadata"]["name"],
         failed=failed is not None,
         message=message,
+        applied=applied_of(body),
     )
 
 
@@ -50,7 +52,13 @@ def deployment_state(body: Body) -> DeploymentState:
         name=body["metadata"]["name"],
         ready_replicas=(status.get("readyReplicas") or 0) if updated and current else 0,
         engine_key=(template.get("annotations") or {}).get(names.ENGINE_ANNOTATION),
+        replicas=spec.get("replicas"),
+        applied=applied_of(body),
     )
+
+
+def service_state(body: Body) -> ServiceState:
+    return ServiceState(name=body["metadata"]["name"], applied=applied_of(body))
 
 
 def gpu_product(body: Body, label: str) -> str | None:

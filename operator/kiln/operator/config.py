@@ -30,5 +30,11 @@ class OperatorConfig(BaseModel):
         description="re-check a settled resource (new objects under the same source URI); "
         "watch events on children, nodes and the spec wake it at once",
     )
+    source_check_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="trust a source's identity read from storage this long (shared by every "
+        "resource with the same source and calibration URIs); 0: read it on every pass",
+    )
     workers: int = Field(default=8, ge=1, description="reconcile passes running at once")
     image_pull_policy: str = "IfNotPresent"

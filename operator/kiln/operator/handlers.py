@@ -42,7 +42,13 @@ import kopf
 
 from kiln.api.spec import API_GROUP, API_VERSION, PLURAL
 from kiln.operator import names
-from kiln.operator.children import controller_uid, deployment_state, gpu_product, job_state
+from kiln.operator.children import (
+    controller_uid,
+    deployment_state,
+    gpu_product,
+    job_state,
+    service_state,
+)
 from kiln.operator.config import OperatorConfig
 from kiln.operator.connection import bearer, load_configuration
 from kiln.operator.observe import ClusterView
@@ -163,6 +169,11 @@ async def server_deployments(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict
     return _child_indexed(OperatorContext.of(memo), body, deployment_state)
 
 
+@kopf.index("", "v1", "services", labels=_SERVERS)
+async def server_services(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    return _child_indexed(OperatorContext.of(memo), body, service_state)
+
+
 @kopf.index(API_GROUP, API_VERSION, PLURAL)
 async def spec_changes(body: kopf.Body, uid: str, memo: kopf.Memo, **_: Any) -> None:
     """Indexes nothing: the quiet hook on every watch event of a resource (see above)."""
@@ -206,6 +217,7 @@ async def _node_deleted(memo: kopf.Memo, **kwargs: Any) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels=_BUILDERS, when=_deleted)
 @kopf.on.event("apps", "v1", "deployments", labels=_SERVERS, when=_deleted)
+@kopf.on.event("", "v1", "services", labels=_SERVERS, when=_deleted)
 async def _child_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     OperatorContext.of(memo).wakeups.poke(controller_uid(body))
 
@@ -230,16 +242,12 @@ def gpu_type_counts(nodes: kopf.Index[str, str]) -> dict[str, int]:
     return dict(sorted((k, len(v)) for k, v in nodes.items() if len(v)))
 
 
-def _view(
-    uid: str,
-    nodes: kopf.Index[str, str],
-    jobs: kopf.Index[str, Any],
-    deployments: kopf.Index[str, Any],
-) -> ClusterView:
+def _view(uid: str, indexes: Mapping[str, Any]) -> ClusterView:
     return ClusterView(
-        gpu_types=gpu_type_counts(nodes),
-        jobs={j.name: j for j in jobs.get(uid, [])},
-        deployments={d.name: d for d in deployments.get(uid, [])},
+        gpu_types=gpu_type_counts(indexes["gpu_nodes"]),
+        jobs={j.name: j for j in indexes["builder_jobs"].get(uid, [])},
+        deployments={d.name: d for d in indexes["server_deployments"].get(uid, [])},
+        services={s.name: s.applied for s in indexes["server_services"].get(uid, [])},
     )
 
 
@@ -264,12 +272,7 @@ async def _reconcile_loop(
     failures = 0
     try:
         while not body.metadata.get("deletionTimestamp"):
-            view = _view(
-                uid,
-                indexes["gpu_nodes"],
-                indexes["builder_jobs"],
-                indexes["server_deployments"],
-            )
+            view = _view(uid, indexes)
             done: Pass | None = None
             try:
                 done = await loop.run_in_executor(

@@ -14,6 +14,10 @@ TARGET_LABEL = f"{LABEL_PREFIX}/target"
 STAGE_LABEL = f"{LABEL_PREFIX}/stage"
 ENGINE_ANNOTATION = f"{LABEL_PREFIX}/engine-key"
 REQUEST_ANNOTATION = f"{LABEL_PREFIX}/request-key"
+# A hash of the child as Kiln last applied it (kiln.operator.drift): equal means no write.
+APPLIED_ANNOTATION = f"{LABEL_PREFIX}/applied-hash"
+# The field manager of every write Kiln makes to a child (server-side apply and scale).
+FIELD_MANAGER = "kiln-operator"
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 MAX_NAME = 63

@@ -3,15 +3,17 @@ watch caches and from object storage; no decisions here.
 
 The cluster side costs no API call: nodes, Jobs and Deployments come from in-memory indexes
 that Kopf keeps from watch streams (`ClusterView`). Only a failed Job's pod is read on demand,
-for its termination message. The storage side reads the source and calibration identities on
-every pass (their content may change under the same URI) but remembers what is immutable:
-a complete artifact folder and a stored result never change under their content-addressed key.
+for its termination message. The storage side reads the source and calibration identities
+(their content may change under the same URI) at most once per `source_check_seconds` per URI,
+and remembers what is immutable forever: a complete artifact folder and a stored result never
+change under their content-addressed key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,7 +23,7 @@ from kiln.api.layout import RESULT_FILE
 from kiln.api.spec import OptimizedModel
 from kiln.api.status import TargetStatus
 from kiln.operator.config import OperatorConfig
-from kiln.operator.observed import DeploymentState, JobState, Observed
+from kiln.operator.observed import Applied, DeploymentState, JobState, Observed
 from kiln.operator.plan import parse_status, request_keys
 from kiln.operator.requests import artifacts_uri
 from kiln.storage.artifacts import ArtifactStore
@@ -35,6 +37,7 @@ class ClusterView:
     gpu_types: dict[str, int]
     jobs: dict[str, JobState] = field(default_factory=dict)  # this resource's, by name
     deployments: dict[str, DeploymentState] = field(default_factory=dict)
+    services: dict[str, Applied] = field(default_factory=dict)
 
 
 def fingerprint(storage: Storage, model: OptimizedModel) -> str:
@@ -65,11 +68,29 @@ class StoredResults:
     written last and a key's content never changes, so "complete" stays true. Absences are
     never remembered (a running Job is about to fill them)."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, clock: Callable[[], float] = time.monotonic) -> None:
         self.storage = storage
+        self._clock = clock
         self._lock = threading.Lock()
         self._complete: set[str] = set()
         self._results: dict[str, TargetStatus] = {}
+        self._fingerprints: dict[tuple[str, str | None], tuple[str, float]] = {}
+
+    def fingerprint(self, model: OptimizedModel, max_age: float) -> str:
+        """The source's and calibration set's identity, read from storage at most once per
+        `max_age` seconds per pair of URIs, whichever resource asks: many resources share a
+        source, and an object replaced under the same URI is noticed within `max_age` (plus
+        the wait until the resource's next pass). Failures are not remembered."""
+        calibration = model.spec.calibration
+        key = (model.spec.source.uri, calibration.uri if calibration else None)
+        now = self._clock()
+        known = self._fingerprints.get(key)
+        if known is not None and now - known[1] < max_age:
+            return known[0]
+        value = fingerprint(self.storage, model)
+        with self._lock:
+            self._fingerprints[key] = (value, now)
+        return value
 
     def complete(self, root: Location, key: str) -> bool:
         where = root.child(key).uri
@@ -117,12 +138,13 @@ def observe(
         now=now,
         jobs=jobs,
         deployments=cluster.deployments,
+        services=cluster.services,
     )
     uri = artifacts_uri(model, config)
     if uri is None:
         return base
     try:
-        with_fp = replace(base, fingerprint=fingerprint(stored.storage, model))
+        with_fp = replace(base, fingerprint=stored.fingerprint(model, config.source_check_seconds))
         ekey, tkeys = request_keys(with_fp, config)
         root = parse_uri(uri)
         results: dict[str, TargetStatus] = {}

@@ -10,6 +10,17 @@ from kiln.api.report import JobReport
 from kiln.api.spec import OptimizedModel
 from kiln.api.status import OptimizedModelStatus, TargetStatus
 
+FieldPath = tuple[str, ...]  # a path through an object's maps, ending at a value or a list
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a child carries of Kiln's own writes, as the watch cache last saw it: enough to
+    tell whether writing the desired object again could change anything (`kiln.operator.drift`)."""
+
+    digest: str | None = None  # the annotation Kiln stamps: a hash of what it last applied
+    foreign: frozenset[FieldPath] = frozenset()  # fields another writer set (not status)
+
 
 @dataclass(frozen=True)
 class JobState:
@@ -18,6 +29,7 @@ class JobState:
     message: str = ""  # the builder's report or log tail, or the reason Kubernetes gave
     exit_code: int | None = None  # of the failed pod, when it is still there
     report: JobReport | None = None  # the failed pod's termination message, parsed
+    applied: Applied = Applied()
 
     @property
     def failure(self) -> ErrorKind:
@@ -33,6 +45,14 @@ class DeploymentState:
     name: str
     ready_replicas: int = 0
     engine_key: str | None = None
+    replicas: int | None = None  # spec.replicas as set on the object
+    applied: Applied = Applied()
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    name: str
+    applied: Applied = Applied()
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,7 @@ class Observed:
     results: dict[str, TargetStatus] = field(default_factory=dict)  # by request key
     jobs: dict[str, JobState] = field(default_factory=dict)
     deployments: dict[str, DeploymentState] = field(default_factory=dict)
+    services: dict[str, Applied] = field(default_factory=dict)
 
     @property
     def previous_targets(self) -> list[TargetStatus]:

@@ -12,9 +12,10 @@ from typing import Any
 from kiln.api.errors import InvalidSpecError, KilnInputError
 from kiln.api.load import parse_document
 from kiln.api.spec import API_GROUP, API_VERSION, PLURAL
-from kiln.operator.apply import TIMEOUT, Clients, apply_plan, status_patch
+from kiln.operator.apply import TIMEOUT, Clients, apply_writes, status_patch
 from kiln.operator.children import failed_pod
 from kiln.operator.config import OperatorConfig
+from kiln.operator.drift import writes
 from kiln.operator.observe import ClusterView, StoredResults, observe
 from kiln.operator.observed import JobState
 from kiln.operator.plan import Plan, parse_status, plan, rejected, with_apply_error
@@ -33,7 +34,8 @@ class Pass:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue_after: float | None = None
     error: str | None = None  # set when a write failed: the loop backs off and retries
-    wrote: bool = False
+    wrote: bool = False  # the status
+    children_written: int = 0  # applies and scales sent (0 on a pass that found all in place)
 
 
 def reconcile_once(
@@ -46,6 +48,7 @@ def reconcile_once(
     meta = document["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     error: str | None = None
+    sent = 0
     try:
         model = parse_document(document, f"{namespace}/{name}")
     except InvalidSpecError as exc:
@@ -64,12 +67,16 @@ def reconcile_once(
             lambda job: _with_failed_pod(deps.clients, namespace, job),
         )
         decided = plan(observed, deps.config)
+        pending = writes(decided.apply, decided.scale_to_zero, observed)
         try:
-            apply_plan(deps.clients, namespace, decided)
+            apply_writes(deps.clients, namespace, pending)
+            sent = len(pending)
         except Exception as exc:  # the API server refused a write: say so on the resource
             error = api_error_message(exc)
             decided = with_apply_error(decided, parse_status(status), error, now)
-    return _write_status(deps.clients, namespace, name, status, decided, error)
+    done = _write_status(deps.clients, namespace, name, status, decided, error)
+    done.children_written = sent
+    return done
 
 
 def _write_status(
