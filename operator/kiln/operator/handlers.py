@@ -300,6 +300,8 @@ def _report(body: kopf.Body, done: Pass, logger: Any) -> None:
     for kind, reason, message in done.events:
         kopf.event(body, type=kind, reason=reason, message=message[:1000])
         logger.info(f"{reason}: {message}")
+    if done.children_written:
+        logger.info(f"{done.children_written} child object(s) written")
     if done.wrote and done.status is not None:
         logger.info(f"status written: phase {done.status.get('phase')}")
     if done.error is not None:
