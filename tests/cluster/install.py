@@ -34,11 +34,11 @@ def kubectl(info: ClusterInfo, *args: str, stdin: str | None = None) -> str:
     return proc.stdout
 
 
-def install(info: ClusterInfo) -> list[dict[str, Any]]:
-    """Apply manifests/ (CRDs, RBAC, operator config and Deployment); the rendered documents.
-    A server-side dry run cannot create the namespace its other objects live in, so the
-    Namespace goes first, then a dry run of everything, then the real apply."""
-    rendered = kubectl(info, "kustomize", str(REPO / "manifests"))
+def install(info: ClusterInfo, overlay: Path | None = None) -> list[dict[str, Any]]:
+    """Apply manifests/, or an overlay of it (CRDs, RBAC, operator config and Deployment); the
+    rendered documents. A server-side dry run cannot create the namespace its other objects
+    live in, so the Namespace goes first, then a dry run of everything, then the real apply."""
+    rendered = kubectl(info, "kustomize", str(overlay or REPO / "manifests"))
     documents = [d for d in yaml.safe_load_all(rendered) if d]
     namespaces = [d for d in documents if d["kind"] == "Namespace"]
     kubectl(info, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(namespaces))
@@ -59,10 +59,16 @@ def s3_secret(info: ClusterInfo, namespace: str, name: str = "kiln-s3") -> None:
     kubectl(info, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(secret))
 
 
-def service_account_kubeconfig(info: ClusterInfo, path: Path, hours: int = 24) -> Path:
+def service_account_kubeconfig(
+    info: ClusterInfo,
+    path: Path,
+    hours: int = 24,
+    account: str = "kiln-operator",
+    namespace: str = OPERATOR_NAMESPACE,
+) -> Path:
     """A kubeconfig with the operator ServiceAccount's token: exactly what manifests/ grants."""
     token = kubectl(
-        info, "create", "token", "kiln-operator", "-n", OPERATOR_NAMESPACE, f"--duration={hours}h"
+        info, "create", "token", account, "-n", namespace, f"--duration={hours}h"
     ).strip()
     admin = yaml.safe_load(info.kubeconfig.read_text())
     cluster_name = admin["clusters"][0]["name"]
@@ -88,11 +94,32 @@ class OperatorCommand:
     liveness: str
 
 
+def downward_api(spec: dict[str, Any], name: str, namespace: str) -> dict[str, str]:
+    """The first container's variables from its pod's own fields, as the kubelet fills them in
+    (the executor leaves `fieldRef` out): the pod's name, namespace and ServiceAccount."""
+    fields = {
+        "metadata.name": name,
+        "metadata.namespace": namespace,
+        "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
+    }
+    return {
+        item["name"]: fields[ref["fieldPath"]]
+        for item in spec["containers"][0].get("env", [])
+        if (ref := item.get("valueFrom", {}).get("fieldRef")) and ref["fieldPath"] in fields
+    }
+
+
 def operator_command(
-    info: ClusterInfo, documents: list[dict[str, Any]], folder: Path, *extra: str
+    info: ClusterInfo,
+    documents: list[dict[str, Any]],
+    folder: Path,
+    *extra: str,
+    identity: str | None = None,
 ) -> OperatorCommand:
     """The rendered operator Deployment's container as a local command (the executor's own
-    translation of a pod), under the ServiceAccount's token and on a free liveness port."""
+    translation of a pod), under the ServiceAccount's token and on a free liveness port.
+    `identity` is the pod's name (the leader-election identity); by default one per `folder`,
+    so the same command started again is the same pod's container restarting."""
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     configmaps = {
         d["metadata"]["name"]: d.get("data", {}) for d in documents if d["kind"] == "ConfigMap"
@@ -107,8 +134,18 @@ def operator_command(
             "operator", "the Deployment does not run `kiln operator`", None, started.argv
         )
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    kubeconfig = service_account_kubeconfig(info, folder / "operator.kubeconfig")
+    # The Deployment's own ServiceAccount: an overlay may rename it or move it.
+    kubeconfig = service_account_kubeconfig(
+        info,
+        folder / "operator.kubeconfig",
+        account=template["spec"].get("serviceAccountName", "default"),
+        namespace=deployment["metadata"].get("namespace", OPERATOR_NAMESPACE),
+    )
     argv = [*started.argv, "--kubeconfig", str(kubeconfig), "--liveness", liveness, *extra]
     # Nothing of this machine's credentials: the operator gets what the manifests give it.
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
-    return OperatorCommand(argv, {**base, **started.env, "PYTHONUNBUFFERED": "1"}, liveness)
+    pod_name = identity or f"{deployment['metadata']['name']}-{folder.name}"
+    namespace = deployment["metadata"].get("namespace", OPERATOR_NAMESPACE)
+    fields = downward_api(template["spec"], pod_name, namespace)
+    env = {**base, **started.env, **fields, "PYTHONUNBUFFERED": "1"}
+    return OperatorCommand(argv, env, liveness)

@@ -228,7 +228,19 @@ def run_operator(
         typer.Option(help="kubeconfig file (default: in-cluster config, then $KUBECONFIG)"),
     ] = None,
     namespace: Annotated[
-        list[str] | None, typer.Option("--namespace", "-n", help="watch these namespaces only")
+        list[str] | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            envvar="KILN_NAMESPACES",
+            # Click splits a list's variable on whitespace only, so "a,b" would be one name
+            # that no namespace can have, watched in silence; commas separate names too.
+            callback=lambda value: (
+                [n for v in value or () for n in v.replace(",", " ").split()] or None
+            ),
+            help="watch these namespaces only (repeat the option; KILN_NAMESPACES: names"
+            " separated by spaces or commas); cluster-wide otherwise",
+        ),
     ] = None,
     builder_image: Annotated[
         str | None,
@@ -276,11 +288,56 @@ def run_operator(
     workers: Annotated[
         int | None, typer.Option(envvar="KILN_WORKERS", help="reconcile passes running at once")
     ] = None,
+    source_check_seconds: Annotated[
+        float | None,
+        typer.Option(
+            envvar="KILN_SOURCE_CHECK_SECONDS",
+            help="trust a source's identity read from storage this long, for every resource "
+            "with that source (default 60; 0: read it on every pass)",
+        ),
+    ] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="structured JSON logs")] = False,
+    leader_election: Annotated[
+        bool,
+        typer.Option(
+            "--leader-election/--no-leader-election",
+            envvar="KILN_LEADER_ELECTION",
+            help="run Kopf only while holding a Lease, so replicas of the operator take turns"
+            " (the manifests turn it on); off for a single local run",
+        ),
+    ] = False,
+    lease_namespace: Annotated[
+        str, typer.Option(envvar="POD_NAMESPACE", help="namespace of the leader-election Lease")
+    ] = "kiln-system",
+    lease_name: Annotated[
+        str,
+        typer.Option(
+            envvar="KILN_LEASE_NAME",
+            help="name of the leader-election Lease (one per install; the Role names it too)",
+        ),
+    ] = "kiln-operator",
+    identity: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POD_NAME",
+            help="this replica's name in the Lease; the same name takes its own Lease back at"
+            " once (default: HOSTNAME-PID)",
+        ),
+    ] = None,
+    lease_seconds: Annotated[
+        int,
+        typer.Option(
+            envvar="KILN_LEASE_SECONDS",
+            min=3,
+            help="a standby takes over this long after the leader's last renewal; the leader"
+            " renews every 2/15 of it and exits when it could not for 2/3 of it",
+        ),
+    ] = 15,
 ) -> None:
     """Run the operator (Kopf): OptimizedModel -> builder Jobs per GPU type -> Deployments ->
     measured status. Cluster-wide unless --namespace is given."""
     from kiln.operator.config import OperatorConfig
+    from kiln.operator.leader import LeaderElection, default_identity
     from kiln.operator.startup import build_context, run
 
     # Only what was given: the defaults are OperatorConfig's, written there alone.
@@ -292,9 +349,16 @@ def run_operator(
         "credentials_secret": credentials_secret,
         "resync_seconds": resync_seconds,
         "workers": workers,
+        "source_check_seconds": source_check_seconds,
     }
     config = OperatorConfig.model_validate({k: v for k, v in given.items() if v is not None})
-    run(build_context(config, kubeconfig), namespace or (), liveness, log_json)
+    # One knob for the three timings: client-go's proportions (15/10/2 s) keep the renew
+    # deadline safely under the lease whatever the lease is.
+    leader = LeaderElection.scaled(
+        lease_namespace, lease_name, identity or default_identity(), lease_seconds
+    )
+    context = build_context(config, kubeconfig)
+    run(context, namespace or (), liveness, log_json, leader if leader_election else None)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from kiln.operator.connection import load_configuration
 
 # Importing the handlers registers them with Kopf, which `run` needs anyway.
 from kiln.operator.handlers import OperatorContext
+from kiln.operator.leader import LeaderElection, LeaseElector
 from kiln.operator.observe import StoredResults
 from kiln.operator.reconcile import Deps
 from kiln.storage.objects import Storage
@@ -46,11 +47,15 @@ def run(
     namespaces: Collection[str] = (),
     liveness: str | None = None,
     log_json: bool = False,
+    leader: LeaderElection | None = None,
 ) -> None:
-    """Run Kopf until it stops (a signal), cluster-wide unless `namespaces` are given."""
+    """Run Kopf until it stops (a signal), cluster-wide unless `namespaces` are given. With
+    `leader`, only once this replica holds the Lease (kiln.operator.leader): until then it is a
+    standby that answers the liveness probe and writes nothing."""
     kopf.configure(
         verbose=False, log_format=kopf.LogFormat.JSON if log_json else kopf.LogFormat.PLAIN
     )
+    elector = _lead(context, leader, liveness) if leader is not None else None
     try:
         kopf.run(
             clusterwide=not namespaces,
@@ -63,3 +68,18 @@ def run(
         # Passes still queued are dropped (an operator that starts again reconciles every
         # resource anyway); the running ones finish, so none stops halfway through its writes.
         context.executor.shutdown(wait=True, cancel_futures=True)
+        # Only then the Lease: the standby must not start while this replica still writes.
+        if elector is not None:
+            elector.release()
+
+
+def _lead(context: OperatorContext, leader: LeaderElection, liveness: str | None) -> LeaseElector:
+    """Block until leader, then renew in the background. The elector has an API client of its
+    own, so a renewal never queues behind busy reconcile passes for a pooled connection."""
+    from kubernetes import client
+
+    api = client.CoordinationV1Api(client.ApiClient(load_configuration(context.kubeconfig)))
+    elector = LeaseElector(api, leader)
+    elector.acquire(liveness)
+    elector.start_renewing()
+    return elector
