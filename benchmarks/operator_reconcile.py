@@ -59,6 +59,7 @@ from tests.cluster.install import (  # noqa: E402
 )
 from tests.cluster.metrics import WRITE_VERBS, Key, delta, request_counts  # noqa: E402
 from tests.cluster.models import upload_tiny  # noqa: E402
+from tests.cluster.processes import free_port  # noqa: E402
 from tests.conftest import FAST_BENCHMARK  # noqa: E402
 
 GROUP, VERSION, PLURAL = "kiln.dev", "v1alpha1", "optimizedmodels"
@@ -184,6 +185,44 @@ def process_stats(pid: int) -> tuple[float, float]:
     return peak, (int(fields[11]) + int(fields[12])) / ticks
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each named process, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def cluster_pids(operators: dict[str, int]) -> dict[str, int]:
+    """The control plane's processes on this machine (by command name), the operators', and
+    this script's: who used the cores during a phase."""
+    wanted = {"kube-apiserver", "etcd", "kwok", "kube-controller", "kube-scheduler"}
+    pids = {
+        "benchmark (clients)": os.getpid(),
+        **{f"operator {k}": v for k, v in operators.items()},
+    }
+    for stat in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            comm = stat.read_text().strip()
+        except OSError:
+            continue
+        if comm in wanted:
+            pids[comm] = int(stat.parent.name)
+    return pids
+
+
+def profile_apiserver(info: Any, path: Path, seconds: int = 6) -> None:
+    """A CPU profile of the API server (its /debug/pprof endpoint): `go tool pprof -top`."""
+    url = f"/debug/pprof/profile?seconds={seconds}"
+    done = subprocess.run([*info.kubectl(), "get", "--raw", url], capture_output=True, check=True)
+    path.write_bytes(done.stdout)
+
+
 def operator_requests(counts: Counter[Key]) -> Counter[str]:
     """The operator's requests by `VERB resource[/subresource]` (what the controllers write
     is not counted)."""
@@ -232,6 +271,8 @@ class Bench:
     phases: list[str] = field(default_factory=list)  # rows of the phase table
     latencies: list[str] = field(default_factory=list)  # rows of the latency table
     notes: list[str] = field(default_factory=list)
+    profile: Path | None = None  # where to keep a CPU profile of the API server in the burst
+    pids: dict[str, int] = field(default_factory=dict)  # the processes sharing the cores
 
     def change(self, key: Name, min_speedup: float) -> float:
         patch = {"spec": {"selection": {"minSpeedup": min_speedup}}}
@@ -252,6 +293,8 @@ class Operators:
 
     def start(self, identity: str) -> None:
         extra = ["--leader-election", "--identity", identity] if self.replicas > 1 else []
+        # Each replica its own liveness port, as each pod has its own network namespace.
+        extra += ["--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
         with self.log.open("ab") as out:
             self.processes[identity] = subprocess.Popen(
                 [*self.argv, *extra], stdout=out, stderr=subprocess.STDOUT, env=self.env
@@ -308,17 +351,26 @@ def phase_burst(bench: Bench) -> None:
     changed: dict[Name, float] = {}
     counts = request_counts(bench.info)
     before = len(bench.recorder.status_writes)
+    cpu = cpu_seconds(bench.pids)
+    if bench.profile is not None:
+        threading.Thread(target=profile_apiserver, args=(bench.info, bench.profile)).start()
     t2 = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda k: changed.__setitem__(k, bench.change(k, 0.02)), bench.names))
     bench.recorder.wait([(ns, n, 2) for ns, n in bench.names], 900)
+    used = {k: v - cpu.get(k, 0.0) for k, v in cpu_seconds(bench.pids).items()}
+    spent = time.monotonic() - t2
     t3 = max(bench.recorder.reached[(*k, 2)] for k in bench.names)
     latency = [bench.recorder.reached[(*k, 2)] - changed[k] for k in bench.names]
     writes = len(bench.recorder.status_writes) - before
     time.sleep(2)  # the API server's counters of the last requests
     counted = delta(counts, request_counts(bench.info))
-    calls = operator_calls(counted)
     n = len(bench.names)
+    top = ", ".join(f"{' '.join(k).strip()} {v}" for k, v in counted.most_common(8))
+    bench.notes.append(f"every client's requests in the burst, most first: {top}")
+    counted[("PATCH", PLURAL, "")] -= n  # this script's own spec changes
+    counted = +counted
+    calls = operator_calls(counted)
     bench.phases.append(
         f"| spec change burst -> status | {n} | {t3 - t2:.1f} | {n / (t3 - t2):.1f} | "
         f"{writes / (t3 - t2):.1f} |"
@@ -328,6 +380,10 @@ def phase_burst(bench: Bench) -> None:
         f"{what} {count / n:.2f}" for what, count in sorted(operator_requests(counted).items())
     )
     bench.notes.append(f"API requests per reconcile in the burst, by verb: {per}")
+    busy = ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
+    bench.notes.append(
+        f"CPU seconds in the burst ({spent:.1f} s on {os.cpu_count()} cores): {busy}"
+    )
     bench.figures["burst_reconciles_per_s"] = f"{writes / (t3 - t2):.1f}"
     bench.figures["burst_p99_s"] = f"{percentile(latency, 99):.2f}"
     bench.figures["burst_requests_per_reconcile"] = f"{sum(calls.values()) / n:.2f}"
@@ -353,7 +409,9 @@ def phase_resync(bench: Bench, resync_seconds: float) -> None:
     """A whole resync period (+25 %, past the jitter) of a settled fleet: the writes sent."""
     time.sleep(3)
     counts = request_counts(bench.info)
+    cpu = cpu_seconds(bench.pids)
     time.sleep(resync_seconds * 1.25)
+    used = {k: v - cpu.get(k, 0.0) for k, v in cpu_seconds(bench.pids).items()}
     counted = delta(counts, request_counts(bench.info))
     sent, writes = operator_calls(counted), fleet_writes(counted)
     reads = " ".join(f"{verb}={n}" for verb, n in sorted(sent.items()))
@@ -361,6 +419,8 @@ def phase_resync(bench: Bench, resync_seconds: float) -> None:
         f"settled resync ({resync_seconds * 1.25:.0f} s): {writes} writes; operator requests "
         f"by verb: {reads or 'none'}"
     )
+    busy = ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
+    bench.notes.append(f"CPU seconds of the settled fleet over that period: {busy}")
     bench.figures["resync_writes"] = str(writes)
 
 
@@ -440,6 +500,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=8, help="the operator's --workers")
     parser.add_argument("--replicas", type=int, default=2, choices=(1, 2))
     parser.add_argument("--resync-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--profile-apiserver", type=Path, help="keep a CPU profile of the API server in the burst"
+    )
     return parser.parse_args()
 
 
@@ -467,7 +530,7 @@ def prepare(info: Any, args: argparse.Namespace, work: Path) -> tuple[Operators,
     operators = Operators(command.argv, command.env, work / "operator.log", args.replicas)
     names = [(namespaces[i % len(namespaces)], f"m{i:04d}") for i in range(args.resources)]
     recorder = Recorder(custom)
-    return operators, Bench(info, custom, recorder, uris, names)
+    return operators, Bench(info, custom, recorder, uris, names, profile=args.profile_apiserver)
 
 
 def report(
@@ -511,17 +574,23 @@ def main() -> None:
         operators, bench = prepare(info, args, work)
         for i in range(args.replicas):
             operators.start(f"kiln-operator-{i}")
+        bench.pids = cluster_pids({k: p.pid for k, p in operators.processes.items()})
         threading.Thread(target=bench.recorder.run, daemon=True).start()
         started = time.monotonic()
         seed = body(bench.uris, "seed", "seed")
         bench.custom.create_namespaced_custom_object(GROUP, VERSION, "seed", PLURAL, seed)
         bench.recorder.wait([("seed", "seed", 1)], 900)
         seeded = time.monotonic() - started
-        phase_create(bench)
-        phase_burst(bench)
-        phase_single(bench)
-        phase_resync(bench, args.resync_seconds)
-        phase_new_type(bench)
+        phases: list[Callable[[Bench], None]] = [
+            phase_create,
+            phase_burst,
+            phase_single,
+            lambda b: phase_resync(b, args.resync_seconds),
+            phase_new_type,
+        ]
+        for phase in phases:
+            phase(bench)
+            print(f"# so far: {bench.figures}", flush=True)  # what a run cut short still shows
         from kubernetes import client
 
         leader = operators.leader(client.CoordinationV1Api(info.api_client()))

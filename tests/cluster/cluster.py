@@ -131,7 +131,8 @@ def up(root: Path, node_set: Path | None = nodes.DEFAULT_SET, executor: bool = T
                 "--authorization-mode=Node,RBAC",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
-                "--profiling=false",
+                # /debug/pprof for an admin: benchmarks/operator_reconcile.py --profile-apiserver
+                "--profiling=true",
                 "--v=1",
                 # No node lifecycle controller runs (no kubelets), so nothing would ever lift
                 # the not-ready taint this plugin puts on new nodes.
