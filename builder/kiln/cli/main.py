@@ -392,6 +392,13 @@ def serve(
     ] = None,
     max_body_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 64.0,
     cache_dir: Annotated[Path | None, typer.Option(help="local folder for downloads")] = None,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            help="on SIGTERM, answer not-ready but keep serving this long before stopping "
+            "(for Services to drop the pod); a second signal stops at once"
+        ),
+    ] = 5.0,
 ) -> None:
     """Serve the selected, verified engine over the Open Inference Protocol (KServe v2 REST).
 
@@ -407,6 +414,7 @@ def serve(
     from kiln.runtime.devices import local_gpu
     from kiln.runtime.dtypes import NUMPY_DTYPES
     from kiln.serve.app import ModelInfo, create_app
+    from kiln.serve.drain import Draining, DrainingServer
     from kiln.serve.loading import (
         check_servable,
         fetch_artifact,
@@ -456,6 +464,7 @@ def serve(
         max_batch=max(spec.batch_sizes),
         output_meta=output_metadata(spec.outputs, at_one, at_two),
     )
+    draining = Draining()
     app_ = create_app(
         info,
         lambda feeds: infer(runner, feeds),
@@ -463,6 +472,7 @@ def serve(
         int(max_body_mb * (1 << 20)),
         f"{host}:{grpc_port}" if grpc_port else None,
         engine_thread,
+        draining,
     )
     typer.echo(
         f"serving {served.candidate.name} of target {served.target.name} as {info.name!r} "
@@ -470,7 +480,8 @@ def serve(
         + (f" and grpc://{host}:{grpc_port}" if grpc_port else ""),
         err=True,
     )
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    config = uvicorn.Config(app_, host=host, port=port, log_level="warning")
+    DrainingServer(config, draining, drain_seconds).run()
 
 
 @app.command()

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from kiln.api.version import VERSION
 from kiln.serve.batching import Batcher, Infer
+from kiln.serve.drain import Draining
 from kiln.serve.metrics import Metrics
 from kiln.serve.protocol import (
     HEADER_LENGTH,
@@ -69,9 +70,12 @@ def create_app(
     max_body_bytes: int = 64 << 20,
     grpc_address: str | None = None,
     executor: concurrent.futures.ThreadPoolExecutor | None = None,
+    draining: Draining | None = None,
 ) -> FastAPI:
     """REST on the app; with `grpc_address`, gRPC beside it on the same batcher and metrics.
-    `executor`: the thread the runner was loaded on (see Batcher)."""
+    `executor`: the thread the runner was loaded on (see Batcher). `draining`: once set, the
+    readiness endpoints answer 503 while requests are still served (kiln.serve.drain)."""
+    stopping = draining or Draining()
     metrics = Metrics()
     batcher = Batcher(infer, info.max_batch, window_ms / 1000.0, executor)
     batcher.on_batch = metrics.batch_size.observe
@@ -83,7 +87,7 @@ def create_app(
         if grpc_address is not None:
             from kiln.serve.grpc_server import grpc_server
 
-            rpc = grpc_server(info, batcher, metrics, grpc_address, max_body_bytes)
+            rpc = grpc_server(info, batcher, metrics, grpc_address, max_body_bytes, stopping)
             await rpc.start()
         yield
         if rpc is not None:
@@ -111,8 +115,10 @@ def create_app(
         return {"live": True}
 
     @app.get("/v2/health/ready")
-    async def ready() -> dict[str, bool]:
+    async def ready() -> Any:
         # The server only listens once the engine has run its warm-up inference.
+        if stopping.active:
+            return JSONResponse({"ready": False}, status_code=503)
         return {"ready": True}
 
     @app.get("/v2")
@@ -135,6 +141,8 @@ def create_app(
     async def model_ready(name: str) -> Any:
         if (missing := unknown(name)) is not None:
             return missing
+        if stopping.active:
+            return JSONResponse({"name": info.name, "ready": False}, status_code=503)
         return {"name": info.name, "ready": True}
 
     @app.post("/v2/models/{name}/infer")

@@ -13,6 +13,7 @@ import numpy as np
 
 from kiln.api.version import VERSION
 from kiln.serve.batching import Batcher
+from kiln.serve.drain import Draining
 from kiln.serve.grpc_protocol import compiled
 from kiln.serve.metrics import Metrics
 from kiln.serve.protocol import (
@@ -67,8 +68,11 @@ def as_request(message: Any) -> tuple[InferRequest, dict[str, memoryview] | None
     return request, raw
 
 
-def servicer(info: ModelInfo, batcher: Batcher, metrics: Metrics) -> Any:
+def servicer(
+    info: ModelInfo, batcher: Batcher, metrics: Metrics, draining: Draining | None = None
+) -> Any:
     pb, stubs = compiled()
+    stopping = draining or Draining()
 
     async def known(name: str, context: Any) -> None:
         if name != info.name:
@@ -88,11 +92,12 @@ def servicer(info: ModelInfo, batcher: Batcher, metrics: Metrics) -> Any:
             return pb.ServerLiveResponse(live=True)
 
         async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-            return pb.ServerReadyResponse(ready=True)  # listening only after the warm-up
+            # Listening only after the warm-up; not ready once draining (kiln.serve.drain).
+            return pb.ServerReadyResponse(ready=not stopping.active)
 
         async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
             await known(request.name, context)
-            return pb.ModelReadyResponse(ready=True)
+            return pb.ModelReadyResponse(ready=not stopping.active)
 
         async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
             return pb.ServerMetadataResponse(name="kiln", version=VERSION, extensions=[])
@@ -154,7 +159,12 @@ async def infer(
 
 
 def grpc_server(
-    info: ModelInfo, batcher: Batcher, metrics: Metrics, address: str, max_bytes: int
+    info: ModelInfo,
+    batcher: Batcher,
+    metrics: Metrics,
+    address: str,
+    max_bytes: int,
+    draining: Draining | None = None,
 ) -> Any:
     """A grpc.aio server on `address`, not started (the app's lifespan starts and stops it)."""
     options = [
@@ -162,7 +172,7 @@ def grpc_server(
         ("grpc.max_send_message_length", max_bytes),
     ]
     server = grpc.aio.server(options=options)
-    stubs, service = servicer(info, batcher, metrics)
+    stubs, service = servicer(info, batcher, metrics, draining)
     stubs.add_GRPCInferenceServiceServicer_to_server(service, server)
     server.add_insecure_port(address)
     return server
