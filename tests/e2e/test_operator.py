@@ -589,6 +589,49 @@ def test_a_failing_export_job_ends_in_failed_with_its_reason(operator: Operator)
     delete_and_wait_for_collection(op, ns, "broken")
 
 
+PLANTED = "kilnPLANTEDfakeSecret0123456789abcdef"
+
+
+def test_a_planted_credential_appears_in_no_log_event_status_or_message(
+    operator: Operator,
+) -> None:
+    """The credentials Secret reaches builder pods by reference only: a recognisable fake key
+    (the local S3 server takes any) shows up in no Event, status, termination message, pod or
+    Job, and in no file the operator, the executor or the builders wrote."""
+    op = operator
+    ns = f"planted-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(op.api()).create_namespace({"metadata": {"name": ns}})
+    planted = {**op.cluster.s3_env, "AWS_SECRET_ACCESS_KEY": PLANTED}
+    secret = {"metadata": {"name": "kiln-s3", "namespace": ns}, "stringData": planted}
+    client.CoreV1Api(op.api()).create_namespaced_secret(ns, secret)
+    apply(op, resource("broken", ns, source={"uri": "s3://kiln/models/broken/broken.pt2"}))
+    wait_status(op, ns, "broken", lambda s: s.get("phase") == "Failed", "phase Failed")
+    texts = [
+        kubectl(op.cluster, "get", kind, "-n", ns, "-o", "json")
+        for kind in ("events", PLURAL, "pods", "jobs", "configmaps", "deployments")
+    ]
+    assert "exit 2: " in texts[1]  # the builder did run with the planted key and reported
+    assert not [
+        kind for kind, text in zip(("events", PLURAL), texts, strict=False) if PLANTED in text
+    ]
+    assert not [text[:80] for text in texts if PLANTED in text]
+    leaked = [
+        str(path)
+        for folder in (op.cluster.root, op.log.parent)
+        for path in Path(folder).rglob("*")
+        if path.is_file() and "etcd" not in path.parts and _holds(path, PLANTED.encode())
+    ]
+    assert leaked == []  # etcd keeps the Secret itself, which is where it belongs
+    delete_and_wait_for_collection(op, ns, "broken")
+
+
+def _holds(path: Path, needle: bytes) -> bool:
+    try:
+        return path.stat().st_size < 200 << 20 and needle in path.read_bytes()
+    except OSError:
+        return False
+
+
 def test_bad_specs_end_in_the_right_conditions(operator: Operator) -> None:
     op = operator
     ns = namespace(op, "invalid")

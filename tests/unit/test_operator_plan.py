@@ -345,3 +345,28 @@ def test_capacity_and_cost_change_no_request_key_and_size_the_deployment() -> No
         m for m in p.apply if m["kind"] == "Deployment" and m["metadata"]["name"].endswith("a10g")
     )
     assert deploy["spec"]["replicas"] == 9
+
+
+def test_builder_and_server_pods_are_locked_down() -> None:
+    """No ServiceAccount token, non-root, no privilege escalation, no capabilities, a read-only
+    root filesystem with every write under one emptyDir (HOME, TMPDIR and caches point there)."""
+    _, keys = request_keys(observed(export_done=True), CONFIG)
+    results = {k: result(t, f"r-{t}") for t, k in keys.items()}
+    served = plan(observed(export_done=True, results=results), CONFIG).apply
+    exporting = plan(observed(), CONFIG).apply
+    workloads = [m for m in [*served, *exporting] if m["kind"] in ("Job", "Deployment")]
+    pods = [m["spec"]["template"]["spec"] for m in workloads]
+    assert {m["kind"] for m in workloads} == {"Job", "Deployment"}
+    for pod in pods:
+        assert pod["automountServiceAccountToken"] is False
+        scratch = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        (container,) = pod["containers"]
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["runAsNonRoot"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts["/tmp"] in scratch
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert all(env[k].startswith("/tmp") for k in ("HOME", "TMPDIR", "XDG_CACHE_HOME"))

@@ -76,9 +76,27 @@ def _placement(config: OperatorConfig, target: TargetIntent | None) -> tuple[Man
 _SECURITY = {
     "runAsNonRoot": True,
     "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": False,
+    "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
 }
+# The root filesystem is read-only: everything a builder or server writes (downloads, the
+# work folder, compiler caches of torch and Triton, the compiled gRPC messages) goes under one
+# emptyDir, which HOME, TMPDIR and XDG_CACHE_HOME point into, whatever the image sets.
+SCRATCH = "/tmp"
+_SCRATCH_VOLUME = {"name": "scratch", "emptyDir": {}}
+_SCRATCH_MOUNT = {"name": "scratch", "mountPath": SCRATCH}
+_SCRATCH_ENV = [
+    {"name": "HOME", "value": SCRATCH},
+    {"name": "TMPDIR", "value": SCRATCH},
+    {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/cache"},
+]
+
+
+def _pod_hardening() -> Manifest:
+    """Pod fields every builder and server gets: neither talks to the Kubernetes API, so no
+    ServiceAccount token is mounted."""
+    return {"automountServiceAccountToken": False}
 
 
 def pod_failure_policy() -> Manifest:
@@ -140,7 +158,11 @@ def builder_job(
         "command": ["kiln"],
         "args": args,
         "envFrom": _credentials(secret),
-        "volumeMounts": [{"name": "request", "mountPath": REQUEST_DIR, "readOnly": True}],
+        "env": _SCRATCH_ENV,
+        "volumeMounts": [
+            {"name": "request", "mountPath": REQUEST_DIR, "readOnly": True},
+            _SCRATCH_MOUNT,
+        ],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": _SECURITY,
@@ -165,8 +187,10 @@ def builder_job(
                         {
                             "name": "request",
                             "configMap": {"name": names.request_configmap(name, key)},
-                        }
+                        },
+                        _SCRATCH_VOLUME,
                     ],
+                    **_pod_hardening(),
                     **pod,
                 },
             },
@@ -226,6 +250,8 @@ def server_deployment(
         "command": ["kiln"],
         "args": args,
         "envFrom": _credentials(secret),
+        "env": _SCRATCH_ENV,
+        "volumeMounts": [_SCRATCH_MOUNT],
         "ports": [
             {"name": "http", "containerPort": serving.port, "protocol": "TCP"},
             {"name": "grpc", "containerPort": serving.grpc_port, "protocol": "TCP"},
@@ -250,7 +276,12 @@ def server_deployment(
                     "labels": labels,
                     "annotations": {**serving.annotations, names.ENGINE_ANNOTATION: result_key},
                 },
-                "spec": {"containers": [container], **pod},
+                "spec": {
+                    "containers": [container],
+                    "volumes": [_SCRATCH_VOLUME],
+                    **_pod_hardening(),
+                    **pod,
+                },
             },
         },
     }
