@@ -24,7 +24,6 @@ many ConfigMaps): one is written with the Job that mounts it, which the cache do
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -51,22 +50,26 @@ class Writes:
 
 def digest(manifest: Manifest) -> str:
     """A stable hash of a rendered child, without its own annotation."""
-    bare = copy.deepcopy(manifest)
-    meta = bare["metadata"]
-    annotations = meta.pop("annotations", None) or {}
-    annotations.pop(APPLIED_ANNOTATION, None)
-    if annotations:  # the same hash whether the annotation map was made for the stamp or not
-        meta["annotations"] = annotations
-    text = json.dumps(bare, sort_keys=True, separators=(",", ":"))
+    annotations = manifest["metadata"].get("annotations") or {}
+    own = {k: v for k, v in annotations.items() if k != APPLIED_ANNOTATION}
+    text = json.dumps(_annotated(manifest, own), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def stamped(manifest: Manifest) -> Manifest:
-    """The manifest with its hash annotation, as it is applied."""
-    out = copy.deepcopy(manifest)
-    meta = out["metadata"]
-    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_ANNOTATION: digest(out)}
-    return out
+    """The manifest with its hash annotation, as it is applied (it shares all but its
+    metadata with `manifest`, which is left as it was)."""
+    annotations = manifest["metadata"].get("annotations") or {}
+    return _annotated(manifest, {**annotations, APPLIED_ANNOTATION: digest(manifest)})
+
+
+def _annotated(manifest: Manifest, annotations: dict[str, str]) -> Manifest:
+    """A shallow copy of `manifest` with these annotations; none: no annotation map at all,
+    so a rendering without annotations hashes the same stamped or not."""
+    meta = {k: v for k, v in manifest["metadata"].items() if k != "annotations"}
+    if annotations:
+        meta["annotations"] = annotations
+    return {**manifest, "metadata": meta}
 
 
 def applied_of(body: Mapping[str, Any]) -> Applied:
