@@ -174,28 +174,33 @@ def latency_row(name: str, values: list[float]) -> str:
     )
 
 
+def cpu_of(pid: int) -> float | None:
+    """CPU seconds a process has used so far (None once it is gone), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_stats(pid: int) -> tuple[float, float]:
     """(peak RSS in MiB, CPU seconds) of a process, from /proc."""
     peak = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             peak = int(line.split()[1]) / 1024
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return peak, (int(fields[11]) + int(fields[12])) / ticks
+    return peak, cpu_of(pid) or 0.0
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU seconds used so far by each named process, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for name, pid in pids.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        out[name] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
+    """CPU seconds used so far by each named process still there."""
+    return {name: cpu for name, pid in pids.items() if (cpu := cpu_of(pid)) is not None}
+
+
+def cpu_since(before: dict[str, float], pids: dict[str, int]) -> str:
+    """CPU seconds each process used since `before`, busiest first."""
+    used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(pids).items()}
+    return ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
 
 
 def cluster_pids(operators: dict[str, int]) -> dict[str, int]:
@@ -358,7 +363,7 @@ def phase_burst(bench: Bench) -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda k: changed.__setitem__(k, bench.change(k, 0.02)), bench.names))
     bench.recorder.wait([(ns, n, 2) for ns, n in bench.names], 900)
-    used = {k: v - cpu.get(k, 0.0) for k, v in cpu_seconds(bench.pids).items()}
+    busy = cpu_since(cpu, bench.pids)
     spent = time.monotonic() - t2
     t3 = max(bench.recorder.reached[(*k, 2)] for k in bench.names)
     latency = [bench.recorder.reached[(*k, 2)] - changed[k] for k in bench.names]
@@ -380,16 +385,13 @@ def phase_burst(bench: Bench) -> None:
         f"{what} {count / n:.2f}" for what, count in sorted(operator_requests(counted).items())
     )
     bench.notes.append(f"API requests per reconcile in the burst, by verb: {per}")
-    busy = ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
     bench.notes.append(
         f"CPU seconds in the burst ({spent:.1f} s on {os.cpu_count()} cores): {busy}"
     )
     bench.figures["burst_reconciles_per_s"] = f"{writes / (t3 - t2):.1f}"
     bench.figures["burst_p99_s"] = f"{percentile(latency, 99):.2f}"
     bench.figures["burst_requests_per_reconcile"] = f"{sum(calls.values()) / n:.2f}"
-    bench.figures["burst_writes_per_reconcile"] = (
-        f"{sum(c for v, c in calls.items() if v in WRITE_VERBS) / n:.2f}"
-    )
+    bench.figures["burst_writes_per_reconcile"] = f"{fleet_writes(counted) / n:.2f}"
 
 
 def phase_single(bench: Bench, samples: int = 50) -> None:
@@ -411,15 +413,14 @@ def phase_resync(bench: Bench, resync_seconds: float) -> None:
     counts = request_counts(bench.info)
     cpu = cpu_seconds(bench.pids)
     time.sleep(resync_seconds * 1.25)
-    used = {k: v - cpu.get(k, 0.0) for k, v in cpu_seconds(bench.pids).items()}
+    busy = cpu_since(cpu, bench.pids)
     counted = delta(counts, request_counts(bench.info))
-    sent, writes = operator_calls(counted), fleet_writes(counted)
-    reads = " ".join(f"{verb}={n}" for verb, n in sorted(sent.items()))
+    writes = fleet_writes(counted)
+    reads = ", ".join(f"{what} {n}" for what, n in sorted(operator_requests(counted).items()))
     bench.notes.append(
-        f"settled resync ({resync_seconds * 1.25:.0f} s): {writes} writes; operator requests "
-        f"by verb: {reads or 'none'}"
+        f"settled resync ({resync_seconds * 1.25:.0f} s): {writes} writes; operator requests: "
+        f"{reads or 'none'}"
     )
-    busy = ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
     bench.notes.append(f"CPU seconds of the settled fleet over that period: {busy}")
     bench.figures["resync_writes"] = str(writes)
 

@@ -134,18 +134,18 @@ def operator_command(
             "operator", "the Deployment does not run `kiln operator`", None, started.argv
         )
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    # The Deployment's own ServiceAccount: an overlay may rename it or move it.
+    # The Deployment's own ServiceAccount and namespace: an overlay may rename or move them.
+    namespace = deployment["metadata"].get("namespace", OPERATOR_NAMESPACE)
     kubeconfig = service_account_kubeconfig(
         info,
         folder / "operator.kubeconfig",
         account=template["spec"].get("serviceAccountName", "default"),
-        namespace=deployment["metadata"].get("namespace", OPERATOR_NAMESPACE),
+        namespace=namespace,
     )
     argv = [*started.argv, "--kubeconfig", str(kubeconfig), "--liveness", liveness, *extra]
     # Nothing of this machine's credentials: the operator gets what the manifests give it.
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
     pod_name = identity or f"{deployment['metadata']['name']}-{folder.name}"
-    namespace = deployment["metadata"].get("namespace", OPERATOR_NAMESPACE)
     fields = downward_api(template["spec"], pod_name, namespace)
     env = {**base, **started.env, **fields, "PYTHONUNBUFFERED": "1"}
     return OperatorCommand(argv, env, liveness)
