@@ -86,6 +86,20 @@ CASES: list[tuple[str, dict[str, Any], TargetPhase, State | None, int]] = [
         2,
     ),
     (
+        "a pod failed for an outage; the Job retries it",
+        {"jobs": {JOB: JobState(JOB, pod_failures=1, message="exit 3: S3 down", exit_code=3)}},
+        TargetPhase.RETRYING,
+        State.PENDING,
+        2,
+    ),
+    (
+        "a pod crashed; the Job retries it, no outage",
+        {"jobs": {JOB: JobState(JOB, pod_failures=2, message="exit 137: Error", exit_code=137)}},
+        TargetPhase.BUILDING,
+        State.PENDING,
+        2,
+    ),
+    (
         "result, not selected",
         {"result": result(GPU.name, "r", None)},
         TargetPhase.BUILT,
@@ -181,6 +195,19 @@ def test_a_transient_export_failure_is_degraded_never_failed() -> None:
         names.export_job("lipsync", ekey, 1)
     ]
     assert p.requeue_after == CONFIG.requeue_seconds
+
+
+def test_an_export_pod_failing_for_an_outage_is_degraded_at_once_in_the_same_job() -> None:
+    ekey, _ = request_keys(observed(), CONFIG)
+    first = names.export_job("lipsync", ekey)
+    job = JobState(first, pod_failures=1, message="exit 3: S3 down", exit_code=3)
+    p = plan(observed(jobs={first: job}), CONFIG)
+    assert p.status is not None
+    degraded = cond(p.status, "Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "StorageUnavailable")
+    assert "1 pod(s) failed, the last with exit 3: S3 down" in degraded.message
+    # The same Job goes on: its own backoff retries the pod, no new attempt is started.
+    assert [m["metadata"]["name"] for m in p.apply if m["kind"] == "Job"] == [first]
 
 
 def test_a_building_target_is_pending_not_skipped() -> None:

@@ -63,6 +63,9 @@ def test_children_are_reduced_to_what_the_plan_reads() -> None:
     assert controller_uid(job) == "u1"
     assert controller_uid({"metadata": owned("u2", controller=False)}) is None
     assert not job_state({"metadata": {"name": "j"}, "status": {"succeeded": 1}}).failed
+    running = job_state({"metadata": {"name": "j"}, "status": {"active": 1, "failed": 2}})
+    assert (running.failed, running.pod_failures, running.retrying) == (False, 2, True)
+    assert not state.retrying  # a failed Job is done retrying
 
     deploy: dict[str, Any] = {
         "metadata": {"name": "m-cpu", "generation": 2},

@@ -35,6 +35,7 @@ def job_state(body: Body) -> JobState:
     return JobState(
         name=body["metadata"]["name"],
         failed=failed is not None,
+        pod_failures=int(status.get("failed") or 0),
         message=message,
         applied=applied_of(body),
     )

@@ -102,6 +102,12 @@ def job_outcome(attempt: Attempt, label: str) -> tuple[JobPhase, str]:
         return JobPhase.RETRYING, f"{label} {attempt.name} gave up for now: {job.message}"
     if job is not None and job.failed:
         return JobPhase.FAILED, job.message
+    if job is not None and job.retrying and job.exit_code is not None:
+        # The Job's own backoff is retrying a failed pod: an outage shows now, not only once
+        # the Job gives up; a crashed pod is retried too, but is no outage.
+        failed = f"{job.pod_failures} pod(s) failed, the last with {job.message}"
+        phase = JobPhase.RETRYING if is_transient(job) else JobPhase.RUNNING
+        return phase, f"{label} {attempt.name} is retrying: {failed}"
     if attempt.previous is not None:
         why = f"after a transient failure: {attempt.previous.message}"
         return (

@@ -128,9 +128,13 @@ def observe(
     failed_job: Callable[[JobState], JobState] = lambda job: job,
 ) -> Observed:
     """`failed_job` adds what a failed Job's pod says (exit code, the builder's report): the
-    one read that is not in the caches, made only for failed Jobs."""
+    one read that is not in the caches, made only for failed Jobs and for Jobs retrying a
+    failed pod (so an outage shows while the Job's own backoff rides it out)."""
     current = parse_status(status)
-    jobs = {name: failed_job(job) if job.failed else job for name, job in cluster.jobs.items()}
+    jobs = {
+        name: failed_job(job) if job.failed or job.retrying else job
+        for name, job in cluster.jobs.items()
+    }
     base = Observed(
         model=model,
         status=current,

@@ -26,6 +26,8 @@ class Applied:
 class JobState:
     name: str
     failed: bool = False
+    # Pods that failed while the Job goes on (status.failed): the Job retries them itself.
+    pod_failures: int = 0
     message: str = ""  # the builder's report or log tail, or the reason Kubernetes gave
     exit_code: int | None = None  # of the failed pod, when it is still there
     report: JobReport | None = None  # the failed pod's termination message, parsed
@@ -38,6 +40,11 @@ class JobState:
         if self.report is not None and self.report.error_kind is not None:
             return self.report.error_kind
         return ErrorKind.of_exit_code(self.exit_code)
+
+    @property
+    def retrying(self) -> bool:
+        """Still running after one of its pods failed: the Job's own backoff is at work."""
+        return not self.failed and self.pod_failures > 0
 
 
 @dataclass(frozen=True)
