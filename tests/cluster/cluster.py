@@ -5,15 +5,23 @@ listens on 127.0.0.1 on free ports; everything started is recorded and stopped."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.cluster import binaries, nodes, pki
-from tests.cluster.processes import Supervisor, free_port, http_ok, stop_recorded
+from tests.cluster.processes import (
+    Supervisor,
+    free_port,
+    http_ok,
+    restart_recorded,
+    stop_recorded,
+)
 
 HERE = Path(__file__).resolve().parent
 STAGES = HERE / "stages" / "stages.yaml"
@@ -43,6 +51,23 @@ class ClusterInfo:
 
     def kubectl(self) -> list[str]:
         return [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig)]
+
+    def restart_apiserver(self, pause: float = 0.0, timeout: float = 120) -> float:
+        """Stop kube-apiserver, wait `pause` seconds, start it again on the same port and wait
+        until it is ready; returns the seconds it was unreachable."""
+        started = time.monotonic()
+        restart_recorded(self.root / "state.json", "kube-apiserver", pause)
+        pki_dir = self.root / "pki"
+        tls = _tls(pki_dir / "ca.crt", pki_dir / "admin.crt", pki_dir / "admin.key")
+        deadline = started + pause + timeout
+        while time.monotonic() < deadline:
+            try:
+                if http_ok(f"{self.server}/readyz", tls):
+                    return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"kube-apiserver not ready {timeout:.0f}s after its restart")
 
     def add_nodes(self, pools: list[dict[str, Any]], scale: int = 1) -> list[str]:
         from kubernetes import client
@@ -243,7 +268,7 @@ def up(root: Path, node_set: Path | None = nodes.DEFAULT_SET, executor: bool = T
                     str(root / "executor.ready"),
                 ],
                 logs / "executor.log",
-                env={"PYTHONPATH": str(HERE.parents[1])},
+                env={"PYTHONPATH": with_repo_on_path()},
             )
             sup.wait_ready(ex, lambda: (root / "executor.ready").exists(), 60)
         (root / "cluster.json").write_text(
@@ -262,6 +287,11 @@ def up(root: Path, node_set: Path | None = nodes.DEFAULT_SET, executor: bool = T
     except BaseException:
         sup.stop_all()
         raise
+
+
+def with_repo_on_path() -> str:
+    """PYTHONPATH for a child that imports `tests.*`: this checkout first, then the caller's."""
+    return os.pathsep.join(p for p in (str(HERE.parents[1]), os.environ.get("PYTHONPATH")) if p)
 
 
 def s3_client(endpoint: str, env: dict[str, str]) -> Any:

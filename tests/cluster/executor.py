@@ -18,9 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 SELECTOR = "kiln.dev/component=builder"
 FALLBACK_BYTES = 2048  # what Kubernetes keeps of a log as a termination message fallback
@@ -143,6 +146,20 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _retried(call: Callable[[], T], what: str, seconds: float = 180) -> T:
+    """As a kubelet does through an API server restart: retry until it answers. A 404 (the
+    object is gone) or the deadline ends it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if getattr(exc, "status", None) == 404 or time.monotonic() > deadline:
+                raise
+            print(f"executor: {what}: {exc}; retrying", flush=True)
+            time.sleep(1)
+
+
 class Executor:
     def __init__(self, kubeconfig: Path, work: Path) -> None:
         from kubernetes import client, config
@@ -155,13 +172,20 @@ class Executor:
         self.lock = threading.Lock()
 
     def _data(self, kind: str, namespace: str, name: str) -> dict[str, str]:
-        try:
-            if kind == "secret":
-                obj = self.core.read_namespaced_secret(name, namespace)
-                return {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
-            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
-        except Exception:  # a missing optional source: as a kubelet, run without it
-            return {}
+        from kubernetes.client.exceptions import ApiException
+
+        def read() -> dict[str, str]:
+            try:
+                if kind == "secret":
+                    obj = self.core.read_namespaced_secret(name, namespace)
+                    return {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
+                return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+            except ApiException as exc:
+                if exc.status == 404:  # a missing optional source: as a kubelet, run without it
+                    return {}
+                raise
+
+        return _retried(read, f"read {kind} {namespace}/{name}")
 
     def _refs(
         self, pod: dict[str, Any]
@@ -214,12 +238,16 @@ class Executor:
         except OSError as exc:
             code = 127
             log.write_text(f"cannot run {spec.argv[:1]}: {exc}\n")
+        if code < 0:  # killed by a signal: a container runtime reports 128 + its number
+            code = 128 - code
         message = spec.termination_path.read_text() if spec.termination_path.exists() else ""
         if not message and code != 0 and spec.fallback_to_logs:
             message = log.read_bytes()[-FALLBACK_BYTES:].decode(errors="replace")
         status = finished_status(pod, code, message, started, _now())
-        self.core.patch_namespaced_pod_status(
-            pod["metadata"]["name"], pod["metadata"]["namespace"], {"status": status}
+        name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+        _retried(
+            lambda: self.core.patch_namespaced_pod_status(name, namespace, {"status": status}),
+            f"finish pod {namespace}/{name}",
         )
 
     def loop(self, ready_file: Path | None) -> None:

@@ -128,6 +128,28 @@ def stop_recorded(state_file: Path, procs: list[dict[str, object]] | None = None
     return stopped
 
 
+def restart_recorded(state_file: Path, component: str, pause: float = 0.0) -> Proc:
+    """Stop one recorded component (SIGTERM to its group, as a node's shutdown sends), wait
+    `pause` seconds, and start the same command again, appending to its log; the state file
+    then records the new process, so `down` still stops everything."""
+    procs = [Proc(**p) for p in json.loads(state_file.read_text())]
+    old = next(p for p in procs if p.component == component)
+    stop_recorded(state_file.with_suffix(".restart"), [asdict(old)])
+    time.sleep(pause)
+    with Path(old.log).open("ab") as out:
+        popen = subprocess.Popen(
+            old.command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    new = Proc(component, popen.pid, old.log, old.command)
+    procs = [new if p is old else p for p in procs]
+    state_file.write_text(json.dumps([asdict(p) for p in procs], indent=2))
+    return new
+
+
 def _alive(pid: int) -> bool:
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)

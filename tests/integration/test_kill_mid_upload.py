@@ -4,8 +4,6 @@ server, real `kiln optimize`; the kill is injected by tests/faults/kill_mid_uplo
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -15,21 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import S3Server, TinyExample, tiny_spec
+from tests.faults.figures import report
+from tests.fixtures.artifacts import check_manifests, folders
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "kiln-kill"
 KILN = str(Path(sys.executable).parent / "kiln")
-
-
-def folders(client: object, prefix: str) -> dict[str, dict[str, bytes]]:
-    """Artifact folder -> {object name: content}."""
-    out: dict[str, dict[str, bytes]] = {}
-    listing = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)  # type: ignore[attr-defined]
-    for item in listing.get("Contents", []):
-        folder, _, name = item["Key"].rpartition("/")
-        body = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()  # type: ignore[attr-defined]
-        out.setdefault(folder, {})[name] = body
-    return out
 
 
 def test_a_builder_killed_mid_upload_is_rebuilt_and_every_manifest_matches(
@@ -47,19 +36,19 @@ def test_a_builder_killed_mid_upload_is_rebuilt_and_every_manifest_matches(
         check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout.decode()[-2000:]
-    half = [f for f, objs in folders(client, "artifacts/").items() if "manifest.json" not in objs]
+    half = check_manifests(folders(client, BUCKET, "artifacts/"))
     assert half, "the kill left no half-written artifact folder"
-    print(f"\nhalf-written by the kill: {half}: {sorted(folders(client, half[0])[half[0]])}")
+    print(f"\nhalf-written by the kill: {half}")
 
     rerun = subprocess.run([KILN, *argv, "-o", str(tiny.root / "b")], env=env, check=False)
     assert rerun.returncode == 0
-    stored = folders(client, "artifacts/")
+    stored = folders(client, BUCKET, "artifacts/")
     for folder in half:
         assert "manifest.json" in stored[folder]  # rebuilt and completed
-    for folder, objects in stored.items():
-        if "manifest.json" not in objects:
-            continue
-        manifest = json.loads(objects["manifest.json"])
-        assert set(manifest["files"]) == set(objects) - {"manifest.json"}, folder
-        for name, digest in manifest["files"].items():
-            assert digest == "sha256:" + hashlib.sha256(objects[name]).hexdigest(), name
+    assert check_manifests(stored) == []
+    report(
+        "builder SIGKILLed between two files of an artifact (kiln optimize, S3)",
+        faults="1 SIGKILL mid-upload",
+        resources=1,
+        lost=len([f for f in half if "manifest.json" not in stored[f]]),
+    )

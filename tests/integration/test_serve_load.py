@@ -28,6 +28,7 @@ import pytest
 
 from kiln.storage.objects import parse_uri
 from tests.conftest import free_port
+from tests.faults.figures import report
 from tests.integration.test_serve import optimized, start
 
 __all__ = ["optimized"]  # the module fixture, shared with test_serve
@@ -136,6 +137,16 @@ def test_64_clients_each_get_their_own_answer_among_bad_and_slow_ones(optimized:
     print(
         f"\n{REQUESTS} requests from {CLIENTS} clients: {dict(outcomes)}; p50 {p50 * 1000:.1f} ms,"
         f" p99 {p99 * 1000:.1f} ms; server RSS {memory['quarter']:.0f} -> {memory['end']:.0f} MiB"
+    )
+    wrong = sum(n for k, n in outcomes.items() if k.endswith("wrong answer"))
+    bad = sum(1 for i in range(REQUESTS) if i % 10 == 3)
+    report(
+        f"kiln serve, {CLIENTS} clients, batching on",
+        faults=f"{bad} bad bodies (4xx expected), 2 slow clients",
+        requests=REQUESTS + 2,
+        errors=sum(n for k, n in outcomes.items() if "error" in k or k.startswith("bad got")),
+        wrong=wrong,
+        latency=f"{p50 * 1000:.1f} / {p99 * 1000:.1f} ms",
     )
     assert outcomes["right"] == REQUESTS  # 0 errors, 0 wrong answers
     assert outcomes["slow right"] == 2
