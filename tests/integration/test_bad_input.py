@@ -159,6 +159,31 @@ def test_calibration_arrays_that_do_not_match_the_inputs(tiny: TinyExample) -> N
     )
 
 
+def test_a_validation_set_that_does_not_match_the_inputs(tiny: TinyExample) -> None:
+    write_calibration(tiny.root / "val", 8, shards=1, image=np.zeros((8, 3, 16), np.float32))
+    fails_with(
+        tiny,
+        tiny_spec(accuracy={"samples": 4, "uri": "val"}),
+        "spec.accuracy.uri (",
+        "shard-0.npz): array 'image' has shape [8, 3, 16], "
+        "expected ['N', 3, 16, 16] from spec.inputs[0].shape",
+    )
+    fails_with(
+        tiny,
+        tiny_spec(accuracy={"samples": 4, "uri": "no-such-folder"}),
+        "spec.accuracy.uri (",
+    )
+
+
+def test_a_holdout_that_leaves_too_little_to_calibrate_on(tiny: TinyExample) -> None:
+    fails_with(
+        tiny,
+        tiny_spec(accuracy={"samples": 25}),
+        "spec.accuracy.holdout: holding out 25 of the 32 calibration samples leaves 7 to "
+        "calibrate on, under half of calibration.samples (16)",
+    )
+
+
 def test_unreachable_storage_endpoint(tiny: TinyExample, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     for key, value in {

@@ -17,7 +17,7 @@ from tests.conftest import S3Server, free_port
 pytestmark = pytest.mark.integration
 
 
-def model(source: str, calibration: str) -> OptimizedModel:
+def model(source: str, calibration: str, validation: str | None = None) -> OptimizedModel:
     doc: dict[str, Any] = {
         "apiVersion": "kiln.dev/v1alpha1",
         "kind": "OptimizedModel",
@@ -29,6 +29,8 @@ def model(source: str, calibration: str) -> OptimizedModel:
             "calibration": {"uri": calibration},
         },
     }
+    if validation is not None:
+        doc["spec"]["accuracy"] = {"uri": validation}
     return parse_document(doc, "test")
 
 
@@ -45,6 +47,22 @@ def test_fingerprint_follows_content_in_s3(s3_env: S3Server) -> None:
     assert second != first
     client.put_object(Bucket="fp-bucket", Key="m/cal/b.npz", Body=b"more")
     assert fingerprint(Storage(), spec) != second
+
+
+def test_fingerprint_follows_the_validation_set(s3_env: S3Server) -> None:
+    client = s3_env.client()
+    client.create_bucket(Bucket="fp-val")
+    client.put_object(Bucket="fp-val", Key="m/model.pt2", Body=b"v1")
+    client.put_object(Bucket="fp-val", Key="m/cal/a.npz", Body=b"cal")
+    client.put_object(Bucket="fp-val", Key="m/val/a.npz", Body=b"val")
+    spec = model("s3://fp-val/m/model.pt2", "s3://fp-val/m/cal", "s3://fp-val/m/val")
+    first = fingerprint(Storage(), spec)
+    assert first != fingerprint(Storage(), model("s3://fp-val/m/model.pt2", "s3://fp-val/m/cal"))
+    client.put_object(Bucket="fp-val", Key="m/val/a.npz", Body=b"new content, same name")
+    assert fingerprint(Storage(), spec) != first
+    empty = model("s3://fp-val/m/model.pt2", "s3://fp-val/m/cal", "s3://fp-val/m/none")
+    with pytest.raises(KilnInputError, match=r"^spec\.accuracy\.uri: no \.npz shards"):
+        fingerprint(Storage(), empty)
 
 
 def test_missing_objects_name_the_field(s3_env: S3Server, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kiln.cli.main import app
-from tests.conftest import S3Server, TinyExample, tiny_spec
+from tests.conftest import S3Server, TinyExample, tiny_spec, write_calibration
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +94,58 @@ def test_changing_calibration_rebuilds_only_what_it_affects(tiny: TinyExample) -
     assert a["quantizedArtifact"] != b["quantizedArtifact"]
 
 
+def write_validation(tiny: TinyExample, seed: int) -> None:
+    """8 samples unlike the calibration set's (another seed), in `val/`."""
+    import numpy as np
+
+    image = np.random.default_rng(seed).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    write_calibration(tiny.root / "val", 8, shards=1, image=image)
+
+
+def test_gates_run_on_a_validation_set_or_on_held_out_samples(tiny: TinyExample) -> None:
+    """With accuracy.uri every gate runs on the validation set, and status says so; new
+    content under the same URI is a new measurement; without it the gates run on held-out
+    calibration samples, and a gate whose atol dwarfs the outputs says it is blind."""
+    write_validation(tiny, seed=11)
+    accuracy = {"samples": 4, "int8MaxDegradation": 0.2}
+    tiny.write_spec(tiny_spec(accuracy={**accuracy, "uri": "val"}))
+    assert run(str(tiny.spec_path), "--output", str(tiny.root / "a")).exit_code == 0
+    a = status_of(tiny.root / "a")
+    cpu = a["targets"][0]
+    assert cpu["accuracyGate"] == {
+        "data": "validationSet",
+        "samples": 4,
+        "source": f"validation set {(tiny.root / 'val').as_uri()} (4 samples)",
+    }
+    assert all(c["accuracy"]["samples"] == 4 for c in cpu["candidates"])
+    assert (
+        "Accuracy checked on validation set file://" in (tiny.root / "a" / "report.md").read_text()
+    )
+
+    write_validation(tiny, seed=12)  # other samples under the same URI
+    assert run(str(tiny.spec_path), "--output", str(tiny.root / "b")).exit_code == 0
+    b = status_of(tiny.root / "b")
+    assert b["targets"][0]["cached"] is False
+    assert b["targets"][0]["cacheKey"] != cpu["cacheKey"]
+    assert b["quantizedArtifact"] == a["quantizedArtifact"]  # calibration is unaffected
+
+    tiny.write_spec(tiny_spec(accuracy={**accuracy, "atol": 1000.0}))
+    result = CliRunner().invoke(
+        app, ["optimize", str(tiny.spec_path), "--output", str(tiny.root / "c")]
+    )
+    assert result.exit_code == 0, result.output
+    c = status_of(tiny.root / "c")
+    gate = c["targets"][0]["accuracyGate"]
+    assert gate["data"] == "heldOut"
+    assert gate["source"] == "held out 4 of 32 calibration samples (never calibrated on)"
+    # Held out: the quantizer read other samples than with a validation set.
+    assert c["quantizedArtifact"] != a["quantizedArtifact"]
+    assert gate["warning"].startswith("the gate cannot tell engines apart")
+    assert "below fp32 atol 1000" in gate["warning"]
+    assert "cpu: warning: the gate cannot tell engines apart" in result.stderr
+    assert "**Warning:** the gate cannot tell" in (tiny.root / "c" / "report.md").read_text()
+
+
 def test_selection_change_needs_no_new_measurement(tiny: TinyExample) -> None:
     """Every objective, the decision batch and minSpeedup re-decide from the stored result:
     no new artifact, no new measurement, headline numbers from the decision batch."""
@@ -155,6 +207,8 @@ def test_optimize_from_and_to_s3(tiny: TinyExample, s3_env: S3Server) -> None:
     client.upload_file(str(tiny.root / "weights.pt"), "kiln-e2e", "models/tiny/weights.pt")
     for shard in sorted((tiny.root / "calibration").glob("*.npz")):
         client.upload_file(str(shard), "kiln-e2e", f"calib/tiny/{shard.name}")
+    write_validation(tiny, seed=11)
+    client.upload_file(str(tiny.root / "val" / "shard-0.npz"), "kiln-e2e", "val/tiny/0.npz")
     spec = tiny_spec(
         source={
             "uri": "s3://kiln-e2e/models/tiny/weights.pt",
@@ -163,12 +217,15 @@ def test_optimize_from_and_to_s3(tiny: TinyExample, s3_env: S3Server) -> None:
         },
         calibration={"uri": "s3://kiln-e2e/calib/tiny", "samples": 16, "method": "entropy"},
         artifacts={"uri": "s3://kiln-e2e/artifacts"},
+        accuracy={"samples": 4, "int8MaxDegradation": 0.2, "uri": "s3://kiln-e2e/val/tiny"},
         backends=["onnxruntime"],
     )
     tiny.write_spec(spec)
     result = run(str(tiny.spec_path), "--output", str(tiny.root / "out"))
     assert result.exit_code == 0, result.output
     status = status_of(tiny.root / "out")
+    gate = status["targets"][0]["accuracyGate"]
+    assert gate["source"] == "validation set s3://kiln-e2e/val/tiny (4 samples)"
     assert status["quantizedArtifact"].startswith("s3://kiln-e2e/artifacts/qdq-")
     keys = [
         o["Key"] for o in client.list_objects_v2(Bucket="kiln-e2e", Prefix="artifacts/")["Contents"]

@@ -46,6 +46,11 @@ def test_list_maps_and_validations() -> None:
     assert spec["required"] == ["source", "inputs", "outputs"]
     rules = [v["rule"] for v in spec["x-kubernetes-validations"]]
     assert any("calibration" in r for r in rules)
+    accuracy = spec["properties"]["accuracy"]
+    assert [v["rule"] for v in accuracy["x-kubernetes-validations"]] == [
+        "!has(self.uri) || !has(self.holdout)",
+        "!has(self.holdout) || self.holdout <= (has(self.samples) ? self.samples : 8)",
+    ]
     shape = spec["properties"]["inputs"]["items"]
     assert shape["x-kubernetes-validations"][0]["fieldPath"] == ".shape"
     assert spec["properties"]["selection"]["properties"]["minSpeedup"]["exclusiveMinimum"] is True

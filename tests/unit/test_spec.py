@@ -106,6 +106,16 @@ def test_wire_form_is_camel_case_and_round_trips() -> None:
         ({"serving": {"replicas": "many"}}, "spec.serving.replicas"),
         ({"serving": {"utilization": 1.5}}, "spec.serving.utilization"),
         ({"benchmark": {"minRounds": 8, "maxRounds": 7}}, "spec.benchmark.maxRounds: must be"),
+        (
+            {"accuracy": {"uri": "s3://b/val", "holdout": 4}},
+            "spec.accuracy.holdout: not used with uri (a validation set is held out already)",
+        ),
+        (
+            {"accuracy": {"samples": 8, "holdout": 9}},
+            "spec.accuracy.holdout: 9 is more than samples (8), the number the gates check",
+        ),
+        ({"accuracy": {"holdout": -1}}, "spec.accuracy.holdout: Input should be greater"),
+        ({"accuracy": {"uri": ""}}, "spec.accuracy.uri: String should have at least 1"),
     ],
 )
 def test_bad_specs_name_the_field(change: dict[str, Any], expected: str) -> None:
@@ -163,3 +173,14 @@ def test_grpc_and_rest_need_two_ports() -> None:
     assert minimal_spec().serving.grpc_port == 8081
     with pytest.raises(InvalidSpecError, match=r"serving\.grpcPort: 8080 is also the REST port"):
         minimal_spec(serving={"grpcPort": 8080})
+
+
+def test_gates_hold_out_accuracy_samples_unless_told_otherwise() -> None:
+    default = parse_document(doc(), "x").spec.accuracy
+    assert default.uri is None
+    assert default.held_out() == default.samples == 8
+    assert parse_document(doc(accuracy={"holdout": 3}), "x").spec.accuracy.held_out() == 3
+    assert parse_document(doc(accuracy={"holdout": 0}), "x").spec.accuracy.held_out() == 0
+    # A validation set is held out already: nothing of the calibration set is withheld.
+    validated = parse_document(doc(accuracy={"uri": "s3://b/val"}), "x").spec.accuracy
+    assert validated.held_out() == 0

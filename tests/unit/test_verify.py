@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.api.spec import Accuracy, Precision, Tolerance
-from kiln.builder.verify import compare, relative_error
+from kiln.builder.verify import blind_gates, compare, relative_error
 
 
 def test_fp32_is_elementwise_and_per_output() -> None:
@@ -47,3 +47,35 @@ def test_shape_mismatch_fails() -> None:
     result = compare([[np.ones(3)]], [[np.ones(4)]], ["a"], Accuracy(), Precision.FP32)
     assert not result.passed
     assert relative_error(np.zeros(2), np.zeros(2)) == 0.0
+
+
+def test_a_gate_below_its_atol_cannot_tell_engines_apart() -> None:
+    tiny = [[np.full((2, 3), 3e-9, np.float32), np.full(2, 5.0, np.float32)]]
+    zeros = [[np.zeros((2, 3), np.float32), np.zeros(2, np.float32)]]
+    acc = Accuracy()
+    # The very blindness warned about: an engine that outputs zeros passes output 'a'.
+    assert compare(zeros, tiny, ["a", "b"], acc, Precision.FP32).outputs[0].passed
+    warning = blind_gates(tiny, ["a", "b"], acc, {Precision.FP32})
+    assert warning is not None
+    assert "cannot tell engines apart" in warning
+    assert "'a': every |ref| <= 3e-09, below fp32 atol 0.0001" in warning
+    assert "'b'" not in warning  # its outputs are well above atol
+    both = blind_gates(tiny, ["a", "b"], acc, {Precision.FP32, Precision.FP16})
+    assert both is not None
+    assert "below fp32 atol 0.0001 and fp16 atol 0.01" in both
+
+
+def test_no_warning_where_the_gate_can_judge() -> None:
+    ref = [[np.full(4, 0.5, np.float32)]]
+    assert blind_gates(ref, ["a"], Accuracy(), {Precision.FP32, Precision.FP16}) is None
+    # Outputs of 5e-3: the FP32 gate judges them, the FP16 gate's atol 1e-2 does not.
+    small = [[np.full(4, 5e-3, np.float32)]]
+    fp16 = blind_gates(small, ["a"], Accuracy(), {Precision.FP32, Precision.FP16})
+    assert fp16 is not None
+    assert "fp16 atol 0.01" in fp16
+    assert "fp32" not in fp16
+    # INT8's gate is relative: the outputs' scale does not blind it.
+    assert blind_gates([[np.full(4, 1e-9)]], ["a"], Accuracy(), {Precision.INT8}) is None
+    # A perOutput atol below the outputs' scale is the fix the warning suggests.
+    tight = Accuracy(per_output={"a": Tolerance(atol=1e-12, fp16_atol=1e-12)})
+    assert blind_gates([[np.full(4, 3e-9)]], ["a"], tight, {Precision.FP32}) is None

@@ -1,10 +1,11 @@
-"""Stage: fetch the calibration set (.npz shards, arrays named by input) and check it."""
+"""Stage: fetch the calibration set, and the validation set if the spec has one (both are
+folders of .npz shards, arrays named by input, axis 0 = samples), and check them."""
 
 from __future__ import annotations
 
 import hashlib
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from kiln.storage.artifacts import file_digest
 
 
 @dataclass(frozen=True)
-class CalibrationSet:
+class SampleSet:
+    """A fetched and checked folder of shards: the calibration set or a validation set."""
+
     uri: str
     shards: list[Path]
     counts: list[int]
@@ -59,44 +62,109 @@ def check_shard(path: Path, label: str, spec: OptimizedModelSpec) -> int:
                 f"array {tensor.name!r} has dtype {array.dtype}, expected {expected} "
                 f"from spec.inputs[{index}].dtype",
             )
+        _require_finite(array, tensor.name, label)
         counts.add(int(array.shape[0]))
     if len(counts) != 1:
         raise KilnInputError(label, f"arrays hold different sample counts {sorted(counts)}")
     return counts.pop()
 
 
-def fetch_calibration(ctx: BuildContext) -> CalibrationSet:
-    cal = ctx.spec.calibration
-    assert cal is not None
-    root = ctx.locate("spec.calibration.uri", cal.uri)
-    with named("spec.calibration.uri"):
+def _require_finite(array: np.ndarray, name: str, label: str) -> None:
+    """NaN or infinity would make a gate fail (or pass) for no reason of the engine's, and
+    would spoil the INT8 scales fitted to it."""
+    if array.dtype.kind != "f":
+        return
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise KilnInputError(
+            label, f"array {name!r} holds {bad} NaN or infinite value(s); expected finite numbers"
+        )
+
+
+def fetch_sample_set(ctx: BuildContext, field: str, uri: str) -> SampleSet:
+    """Fetch every .npz shard under `uri` and check it against spec.inputs; errors name
+    `field`."""
+    root = ctx.locate(field, uri)
+    with named(field):
         shards = [loc for loc in ctx.storage.list(root) if loc.key.endswith(".npz")]
         if not shards:
             raise KilnInputError(root.uri, "no .npz shards found")
         paths = [ctx.storage.fetch(loc, ctx.cache_dir / "objects") for loc in shards]
     counts = [
-        check_shard(p, f"spec.calibration.uri ({loc.uri})", ctx.spec)
+        check_shard(p, f"{field} ({loc.uri})", ctx.spec)
         for p, loc in zip(paths, shards, strict=True)
     ]
-    if sum(counts) < cal.samples:
-        raise KilnInputError(
-            "spec.calibration.samples",
-            f"asks for {cal.samples} samples but {root.uri} holds {sum(counts)} "
-            f"in {len(shards)} shard(s)",
-        )
     digest = hashlib.sha256("".join(file_digest(p) for p in paths).encode()).hexdigest()
-    return CalibrationSet(root.uri, paths, counts, "sha256:" + digest)
+    return SampleSet(root.uri, paths, counts, "sha256:" + digest)
 
 
-def iter_samples(cal: CalibrationSet, spec: OptimizedModelSpec, limit: int) -> Iterator[Feeds]:
-    """Single-sample feeds in shard order, at most `limit` of them."""
-    produced = 0
-    for shard in cal.shards:
+def _require(found: SampleSet, field: str, asked: int) -> None:
+    if found.available < asked:
+        raise KilnInputError(
+            field,
+            f"asks for {asked} samples but {found.uri} holds {found.available} "
+            f"in {len(found.shards)} shard(s)",
+        )
+
+
+def fetch_calibration(ctx: BuildContext) -> SampleSet:
+    cal = ctx.spec.calibration
+    assert cal is not None
+    found = fetch_sample_set(ctx, "spec.calibration.uri", cal.uri)
+    _require(found, "spec.calibration.samples", cal.samples)
+    return found
+
+
+def fetch_validation(ctx: BuildContext) -> SampleSet | None:
+    """The validation set of spec.accuracy.uri, None where the spec names none."""
+    accuracy = ctx.spec.accuracy
+    if accuracy.uri is None:
+        return None
+    found = fetch_sample_set(ctx, "spec.accuracy.uri", accuracy.uri)
+    _require(found, "spec.accuracy.samples", accuracy.samples)
+    return found
+
+
+def _indexed(found: SampleSet, spec: OptimizedModelSpec) -> Iterator[tuple[int, Feeds]]:
+    """(index in the whole set, single-sample feeds) in shard order, one shard in memory."""
+    index = 0
+    for shard in found.shards:
         with np.load(shard, allow_pickle=False) as data:
             arrays = {t.name: data[t.name] for t in spec.inputs}
         count = next(iter(arrays.values())).shape[0]
         for i in range(count):
-            if produced >= limit:
-                return
-            yield {name: array[i : i + 1] for name, array in arrays.items()}
-            produced += 1
+            yield index, {name: array[i : i + 1] for name, array in arrays.items()}
+            index += 1
+
+
+def iter_samples(
+    found: SampleSet,
+    spec: OptimizedModelSpec,
+    limit: int,
+    skip: frozenset[int] = frozenset(),
+) -> Iterator[Feeds]:
+    """Single-sample feeds in shard order, at most `limit` of them, leaving out the indices
+    in `skip` (the samples held out for the gates)."""
+    if limit <= 0:
+        return
+    produced = 0
+    for index, sample in _indexed(found, spec):
+        if index in skip:
+            continue
+        yield sample
+        produced += 1
+        if produced >= limit:
+            return
+
+
+def take_samples(found: SampleSet, spec: OptimizedModelSpec, indices: Sequence[int]) -> list[Feeds]:
+    """The samples at `indices` (positions in the whole set), in that order; copies, so no
+    shard stays in memory for one sample's sake."""
+    wanted = set(indices)
+    picked: dict[int, Feeds] = {}
+    for index, sample in _indexed(found, spec):
+        if index in wanted:
+            picked[index] = {name: array.copy() for name, array in sample.items()}
+            if len(picked) == len(wanted):
+                break
+    return [picked[i] for i in indices]

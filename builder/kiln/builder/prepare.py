@@ -2,8 +2,8 @@
 parity with PyTorch, quantize once to Q/DQ, convert to FP16 for GPU targets, and compute the
 FP32 reference outputs every candidate is judged against.
 
-Inputs are checked first (spec, source, calibration set) so a bad input fails in seconds,
-before any export runs."""
+Inputs are checked first (spec, source, calibration and validation sets, the holdout) so a
+bad input fails in seconds, before any export runs."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from kiln.api.errors import KilnError
 from kiln.api.keys import cache_key
 from kiln.api.spec import Precision, SourceFormat
 from kiln.api.status import State
-from kiln.builder.calibration import CalibrationSet, fetch_calibration, iter_samples
+from kiln.builder.calibration import SampleSet, fetch_calibration, fetch_validation, iter_samples
 from kiln.builder.context import BuildContext
 from kiln.builder.export import export_onnx, export_settings
-from kiln.builder.feeds import random_feeds, split
 from kiln.builder.fetch import FetchedSource, fetch_source
 from kiln.builder.fp16 import convert_fp16
+from kiln.builder.gate_samples import GateSet, Split, gate_set, plan
 from kiln.builder.onnx_model import check_onnx_signature, load_onnx
 from kiln.builder.quantize import quantize_qdq
 from kiln.builder.stages import StageFailedError, StageResult, timed
@@ -48,14 +48,20 @@ class Prepared:
     source: FetchedSource
     module: Any | None  # None for ONNX sources
     onnx: ModelArtifact
-    calibration: CalibrationSet | None
-    samples: list[Feeds]
+    calibration: SampleSet | None
+    gate: GateSet
     references: list[list[Array]]
+    quantizer: Split | None = None  # what the quantizer may read; None: nothing to quantize
     qdq: ModelArtifact | None = None
     qdq_error: str | None = None
     fp16: ModelArtifact | None = None
     fp16_error: str | None = None
     stages: list[StageResult] = field(default_factory=list)
+
+    @property
+    def samples(self) -> list[Feeds]:
+        """The samples the gates and the benchmark run on (`gate.source` says which)."""
+        return self.gate.samples
 
 
 def _ort_version() -> str:
@@ -81,9 +87,14 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
     spec = ctx.spec
     stages: list[StageResult] = []
 
-    with ctx.reporter.step("fetch source and calibration set"), timed(StageResult("fetch")) as st:
+    with (
+        ctx.reporter.step("fetch source, calibration and validation sets"),
+        timed(StageResult("fetch")) as st,
+    ):
         source = fetch_source(ctx)
         calibration = fetch_calibration(ctx) if spec.calibration is not None else None
+        validation = fetch_validation(ctx)
+        quantizer = plan(spec, calibration, validation)
     stages.append(st)
 
     onnx_source = spec.source.resolved_format() is SourceFormat.ONNX
@@ -96,7 +107,8 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
             check_torch_signature(module, spec)
     stages.append(st)
 
-    samples = _verification_samples(ctx, calibration)
+    gate = gate_set(spec, calibration, validation, quantizer)
+    samples = gate.samples
     references = _references(ctx, module, source.path, samples)
 
     with ctx.reporter.step("export to ONNX"), timed(StageResult("export")) as st:
@@ -116,20 +128,14 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
         )
     stages.append(st)
 
-    prepared = Prepared(source, module, onnx_model, calibration, samples, references, stages=stages)
-    if Precision.INT8 in spec.precisions and calibration is not None:
+    prepared = Prepared(
+        source, module, onnx_model, calibration, gate, references, quantizer, stages=stages
+    )
+    if prepared.quantizer is not None:
         _quantize(ctx, prepared)
     if want_fp16:
         _fp16(ctx, prepared)
     return prepared
-
-
-def _verification_samples(ctx: BuildContext, calibration: CalibrationSet | None) -> list[Feeds]:
-    """Real data where the user gave some (the calibration set), seeded noise otherwise."""
-    count = ctx.spec.accuracy.samples
-    if calibration is not None:
-        return list(iter_samples(calibration, ctx.spec, count))
-    return split(random_feeds(ctx.spec.inputs, count, seed=1234))
 
 
 def _references(
@@ -168,22 +174,29 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
     cal = ctx.spec.calibration
     assert cal is not None
     assert prepared.calibration is not None
-    calibration = prepared.calibration
+    assert prepared.quantizer is not None
+    calibration, quantizer = prepared.calibration, prepared.quantizer
     key = cache_key(
         "qdq",
         onnx=prepared.onnx.key,
         calibration=calibration.digest,
-        samples=cal.samples,
+        samples=quantizer.calibrate,
+        # The samples kept for the gates change what the quantizer reads.
+        heldOut=list(quantizer.held_out),
         method=cal.method.value,
         percentile=cal.percentile,
         onnxruntime=_ort_version(),
     )
     with (
         ctx.reporter.step(
-            f"quantize to Q/DQ INT8 ({cal.method.value}, {cal.samples} samples)", total=cal.samples
+            f"quantize to Q/DQ INT8 ({cal.method.value}, {quantizer.calibrate} samples)",
+            total=quantizer.calibrate,
         ) as step,
         timed(StageResult("quantize")) as st,
     ):
+        st.detail["samples"] = (
+            f"{quantizer.calibrate} calibrated on, {len(quantizer.held_out)} held out"
+        )
         try:
             prepared.qdq = _model_artifact(
                 ctx,
@@ -192,7 +205,7 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
                 lambda out: quantize_qdq(
                     prepared.onnx.path,
                     out,
-                    iter_samples(calibration, ctx.spec, cal.samples),
+                    iter_samples(calibration, ctx.spec, quantizer.calibrate, quantizer.skip),
                     cal.method,
                     cal.percentile,
                     step,

@@ -137,6 +137,18 @@ def reasons(status: OptimizedModelStatus) -> list[str]:
     return [f"{', '.join(names)}: {reason}" for reason, names in seen.items()]
 
 
+def gate_lines(target: TargetStatus, bold: str = "") -> list[str]:
+    """What the target's accuracy gates ran on, and the warning of a gate that cannot tell
+    engines apart."""
+    gate = target.accuracy_gate
+    if gate is None:
+        return []
+    lines = ["", f"Accuracy checked on {gate.source}."]
+    if gate.warning:
+        lines += ["", f"{bold}Warning:{bold} {gate.warning}"]
+    return lines
+
+
 def benchmark_table(target: TargetStatus) -> list[str]:
     """Every candidate at every batch size, with its speedup's interval and how the rounds
     ended."""
@@ -202,6 +214,7 @@ def render_markdown(name: str, status: OptimizedModelStatus, verdict: Sequence[s
             )
         why = target.selection_reason or target.reason or ""
         lines.append(f"Selected: **{target.selected or 'none'}** — {why}")
+        lines += gate_lines(target, bold="**")
         lines += ["", *benchmark_table(target)]
         if target.capacity and target.capacity.note:
             lines += ["", f"Capacity: {target.capacity.note}"]
@@ -275,10 +288,11 @@ def render_html(name: str, status: OptimizedModelStatus, verdict: Sequence[str] 
 
     sections = []
     for target in status.targets:
+        gate = "".join(f"<p>{html.escape(line)}</p>" for line in gate_lines(target) if line)
         sections.append(
             f"<h2>Target {html.escape(target.name)}</h2>"
             f"<p>Selected: <b>{html.escape(target.selected or 'none')}</b> — "
-            f"{html.escape(target.selection_reason or target.reason or '')}</p>"
+            f"{html.escape(target.selection_reason or target.reason or '')}</p>{gate}"
             f"<p>Throughput at the decision batch size (green: selected, grey: baseline, "
             f"red: failed its accuracy gate)</p>{_bars(target)}"
         )

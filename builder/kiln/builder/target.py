@@ -11,7 +11,7 @@ from kiln.api.keys import cache_key
 from kiln.api.layout import MODEL_DOCUMENT, RESULT_FILE
 from kiln.api.select import reselect
 from kiln.api.spec import Backend, OptimizedModelSpec
-from kiln.api.status import BatchBenchmark, Environment, TargetStatus
+from kiln.api.status import AccuracyGate, BatchBenchmark, Environment, TargetStatus
 from kiln.builder.aoti import package_key
 from kiln.builder.assemble import Found, measured_target, skipped_target
 from kiln.builder.benchmark import measure_rounds, results
@@ -21,7 +21,7 @@ from kiln.builder.engines import build_candidate, error_text, model_for
 from kiln.builder.environment import Capabilities, TargetPlan, environment
 from kiln.builder.feeds import stack
 from kiln.builder.prepare import Prepared
-from kiln.builder.verify import compare
+from kiln.builder.verify import blind_gates, compare
 from kiln.runtime.base import Runner, infer
 from kiln.runtime.threads import apply_torch_threads, available_threads
 
@@ -60,6 +60,8 @@ def result_key(
         environment=env.to_wire(),
         candidates=sorted((f.plan.name, f.key, f.plan.skip) for f in found),
         calibration=prepared.calibration.digest if prepared.calibration else None,
+        # Which samples the gates ran on: the validation set, or which ones were held out.
+        gate=prepared.gate.identity,
         # Every batch size is measured; which one decides is selection's business, not the key's.
         batchSizes=spec.batch_sizes,
         accuracy=spec.accuracy.to_wire(),
@@ -98,7 +100,10 @@ def build_target(
     apply_torch_threads(threads)
     found = _measure_all(ctx, found, prepared, target, baseline, threads)
     measured = measured_target(target, env, baseline, found, key, result_uri).model_copy(
-        update={"build_seconds": round(time.perf_counter() - started, 3)}
+        update={
+            "build_seconds": round(time.perf_counter() - started, 3),
+            "accuracy_gate": _gate(ctx, prepared, found),
+        }
     )
     status = reselect(measured, spec)
     ctx.artifacts.publish(
@@ -109,6 +114,14 @@ def build_target(
         documents={RESULT_FILE: status.to_wire(), MODEL_DOCUMENT: ctx.model.to_wire()},
     )
     return status
+
+
+def _gate(ctx: BuildContext, prepared: Prepared, found: list[Found]) -> AccuracyGate:
+    """Which samples this target's gates ran on, and a warning where a gate is blind."""
+    gated = {f.plan.precision for f in found if f.accuracy is not None}
+    spec = ctx.spec
+    warning = blind_gates(prepared.references, spec.outputs, spec.accuracy, gated)
+    return prepared.gate.status(warning)
 
 
 def _measure_all(

@@ -75,3 +75,35 @@ def criterion(accuracy: Accuracy, precision: Precision, names: list[str]) -> str
         )
         parts.append(f"{name}: |y-ref| <= {atol:g} + {rtol:g}*|ref|")
     return "; ".join(parts)
+
+
+def blind_gates(
+    references: list[list[Array]],
+    names: list[str],
+    accuracy: Accuracy,
+    precisions: set[Precision],
+) -> str | None:
+    """Why an element-wise gate cannot tell engines apart, or None. Where every reference
+    value of an output is below a gate's atol, an engine that outputs zeros passes it
+    (|0 - ref| < atol): outputs around 1e-9 pass anything under the default atol 1e-4. The
+    INT8 gate is relative (|y-ref|/|ref|), so the scale of the outputs does not blind it."""
+    problems = []
+    for index, name in enumerate(names):
+        peak = max(
+            (float(np.max(np.abs(s[index]))) for s in references if s[index].size), default=0.0
+        )
+        tol = accuracy.tolerance(name)
+        blind = [
+            f"{precision.value} atol {atol:g}"
+            for precision, atol in ((Precision.FP32, tol.atol), (Precision.FP16, tol.fp16_atol))
+            if precision in precisions and peak < atol
+        ]
+        if blind:
+            problems.append(f"{name!r}: every |ref| <= {peak:.3g}, below {' and '.join(blind)}")
+    if not problems:
+        return None
+    return (
+        "the gate cannot tell engines apart (an all-zero output would pass): "
+        + "; ".join(problems)
+        + "; set accuracy.atol/fp16Atol (or perOutput) below the outputs' scale"
+    )

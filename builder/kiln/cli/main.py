@@ -625,6 +625,9 @@ def _print_table(
         if target.selection_reason:
             why = f"  {target.name}: {target.selected or 'none'}: {target.selection_reason}"
             console.print(why, highlight=False)
+        gate = target.accuracy_gate
+        if gate is not None and gate.warning:
+            console.print(f"  {target.name}: warning: {gate.warning}", highlight=False)
     plans = capacity_rows(status)
     if plans:
         money = Table(title="Capacity and cost")

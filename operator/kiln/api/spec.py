@@ -195,6 +195,24 @@ class Tolerance(KilnModel):
 
 
 class Accuracy(Tolerance):
+    # The same rules as `_held_out` below, as CEL, so `kubectl apply` rejects them too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.uri) || !has(self.holdout)",
+                    "message": "holdout: not used with uri (a validation set is held out "
+                    "already); set one of them",
+                },
+                {
+                    "rule": "!has(self.holdout) || "
+                    "self.holdout <= (has(self.samples) ? self.samples : 8)",
+                    "message": "holdout: more than samples, the number the gates check",
+                },
+            ]
+        }
+    )
+
     per_output: dict[str, Tolerance] = Field(
         default_factory=dict, description="overrides of the tolerances for one output"
     )
@@ -203,9 +221,41 @@ class Accuracy(Tolerance):
         description="largest relative L2 error (|y-ref|/|ref|) of an INT8 candidate's output",
     )
     samples: Annotated[int, Field(ge=1, le=1024)] = 8
+    uri: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None,
+        description="validation set the gates run on: a folder of .npz shards, arrays by "
+        "input name, like the calibration set; default: samples held out of the calibration set",
+    )
+    # A count, not a fraction: the gates check `samples` samples, so holding out more would
+    # keep data from the quantizer that no gate looks at, and a fraction would make the gates'
+    # size depend on how large the calibration set happens to be.
+    holdout: Annotated[int, Field(ge=0, le=1024)] | None = Field(
+        default=None,
+        description="calibration samples kept from the quantizer for the gates when there is "
+        "no uri (evenly spaced over the set); default: samples; 0: check in-sample",
+    )
+
+    @model_validator(mode="after")
+    def _held_out(self) -> Self:
+        if self.uri is not None and self.holdout is not None:
+            raise ValueError(
+                "holdout: not used with uri (a validation set is held out already); set one of them"
+            )
+        if self.holdout is not None and self.holdout > self.samples:
+            raise ValueError(
+                f"holdout: {self.holdout} is more than samples ({self.samples}), the number "
+                "the gates check; the rest would be kept from calibration for nothing"
+            )
+        return self
 
     def tolerance(self, output: str) -> Tolerance:
         return self.per_output.get(output, self)
+
+    def held_out(self) -> int:
+        """Calibration samples the quantizer must not see: none with a validation set."""
+        if self.uri is not None:
+            return 0
+        return self.samples if self.holdout is None else self.holdout
 
 
 class Selection(KilnModel):

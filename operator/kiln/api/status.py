@@ -142,6 +142,30 @@ class AccuracyResult(KilnModel):
     outputs: list[OutputError] = Field(default_factory=list)
 
 
+class GateData(StrEnum):
+    """Where the samples every accuracy gate of a target ran on came from."""
+
+    VALIDATION = "validationSet"  # spec.accuracy.uri
+    HELD_OUT = "heldOut"  # calibration samples the quantizer never saw
+    IN_SAMPLE = "inSample"  # calibration samples the INT8 scales were fitted to (holdout 0)
+    CALIBRATION = "calibrationSet"  # calibration samples, but nothing was calibrated (no INT8)
+    NOISE = "noise"  # seeded random inputs: no calibration or validation set
+
+
+class AccuracyGate(KilnModel):
+    """What a target's accuracy gates ran on, and whether they could judge anything."""
+
+    # A few short fields, no sample list: the status is written often.
+
+    data: GateData
+    samples: int
+    source: str = Field(description="which samples, in words")
+    warning: str | None = Field(
+        default=None,
+        description="a gate that cannot tell engines apart (reference outputs below its atol)",
+    )
+
+
 class CandidateStatus(KilnModel):
     name: str
     backend: Backend
@@ -233,6 +257,7 @@ class TargetStatus(KilnModel):
         default=None, description="wall time of this target's build, benchmark included"
     )
     capacity: Capacity | None = None
+    accuracy_gate: AccuracyGate | None = None
     # Filled by the operator, not the builder.
     stale: bool = Field(default=False, description="no node of this GPU type is left")
     job: str | None = Field(default=None, description="the builder Job of this target")

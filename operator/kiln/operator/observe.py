@@ -41,18 +41,24 @@ class ClusterView:
 
 
 def fingerprint(storage: Storage, model: OptimizedModel) -> str:
-    """What identifies the source and calibration objects' content without downloading them:
-    one HEAD for the source and one listing of the calibration folder."""
+    """What identifies the source, calibration and validation objects' content without
+    downloading them: one HEAD for the source and one listing per folder of shards."""
     source = parse_uri(model.spec.source.uri)
     parts = [f"{source.uri}={_named(storage.identity, source, 'spec.source.uri')}"]
     if model.spec.calibration is not None:
-        root = parse_uri(model.spec.calibration.uri)
-        listing = _named(storage.listing, root, "spec.calibration.uri")
-        shards = [(loc, ident) for loc, ident in listing if loc.key.endswith(".npz")]
-        if not shards:
-            raise KilnInputError("spec.calibration.uri", f"no .npz shards under {root.uri}")
-        parts += [f"{loc.uri}={ident}" for loc, ident in shards]
+        parts += _shards(storage, model.spec.calibration.uri, "spec.calibration.uri")
+    if model.spec.accuracy.uri is not None:
+        parts += _shards(storage, model.spec.accuracy.uri, "spec.accuracy.uri")
     return "fp-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _shards(storage: Storage, uri: str, field_name: str) -> list[str]:
+    root = parse_uri(uri)
+    listing = _named(storage.listing, root, field_name)
+    shards = [(loc, ident) for loc, ident in listing if loc.key.endswith(".npz")]
+    if not shards:
+        raise KilnInputError(field_name, f"no .npz shards under {root.uri}")
+    return [f"{loc.uri}={ident}" for loc, ident in shards]
 
 
 def _named(fn: Callable[[Location], Any], loc: Location, field_name: str) -> Any:
@@ -74,15 +80,19 @@ class StoredResults:
         self._lock = threading.Lock()
         self._complete: set[str] = set()
         self._results: dict[str, TargetStatus] = {}
-        self._fingerprints: dict[tuple[str, str | None], tuple[str, float]] = {}
+        self._fingerprints: dict[tuple[str, str | None, str | None], tuple[str, float]] = {}
 
     def fingerprint(self, model: OptimizedModel, max_age: float) -> str:
-        """The source's and calibration set's identity, read from storage at most once per
-        `max_age` seconds per pair of URIs, whichever resource asks: many resources share a
-        source, and an object replaced under the same URI is noticed within `max_age` (plus
-        the wait until the resource's next pass). Failures are not remembered."""
+        """The source's, calibration set's and validation set's identity, read from storage at
+        most once per `max_age` seconds per set of URIs, whichever resource asks: many
+        resources share a source, and an object replaced under the same URI is noticed within
+        `max_age` (plus the wait until the resource's next pass). Failures are not remembered."""
         calibration = model.spec.calibration
-        key = (model.spec.source.uri, calibration.uri if calibration else None)
+        key = (
+            model.spec.source.uri,
+            calibration.uri if calibration else None,
+            model.spec.accuracy.uri,
+        )
         now = self._clock()
         known = self._fingerprints.get(key)
         if known is not None and now - known[1] < max_age:
