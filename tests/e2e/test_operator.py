@@ -525,8 +525,10 @@ def test_a_spec_change_rebuilds_only_what_it_changes(operator: Operator) -> None
     ns = namespace(op, "change")
     ready_from_storage(op, ns, "tuned")
 
-    # The accuracy check is part of each target's measurement, not of the export.
-    apply(op, resource("tuned", ns, accuracy={"samples": 3, "int8MaxDegradation": 0.2}))
+    # A gate's tolerance is part of each target's measurement, not of the export. (Not the
+    # sample count: by default that many calibration samples are held out of quantization.)
+    gate = {"samples": 4, "int8MaxDegradation": 0.2, "atol": 2e-4}
+    apply(op, resource("tuned", ns, accuracy=gate))
     status = wait_status(op, ns, "tuned", ready(2), "phase Ready at generation 2", timeout=600)
     batch = client.BatchV1Api(op.api())
     stages = {j.metadata.labels["kiln.dev/stage"] for j in batch.list_namespaced_job(ns).items}
@@ -536,7 +538,7 @@ def test_a_spec_change_rebuilds_only_what_it_changes(operator: Operator) -> None
     ort = next(c for c in cpu["candidates"] if c["name"] == "onnxruntime-cpu-fp32")
     assert ort["artifactReused"] is True  # the engine was reused, only its measurement is new
     assert ort["cached"] is False
-    assert ort["accuracy"]["samples"] == 3
+    assert "|y-ref| <= 0.0002 + " in ort["accuracy"]["criterion"]
     delete_and_wait_for_collection(op, ns, "tuned")
 
 
