@@ -5,8 +5,11 @@ at a time and under 8 and 32 concurrent clients with dynamic batching on, in one
     .venv/bin/python benchmarks/serve_overhead.py [OUTPUT_DIR] [--requests 40] [--window-ms 5]
 
 OUTPUT_DIR is a `kiln optimize --output` folder (default: out/lipsync from `make demo`). The
-clients run on the same machine as the server (and share its cores): on a 2-core machine the
-figures bound what the server adds from above, they do not isolate it.
+clients run on the same machine as the server (and share its cores): on a 2-core machine their
+latencies bound what the server adds from above, they do not isolate it. So each row also gives
+the server's own account (Triton's statistics extension, read before and after the row): its
+mean time per request from a whole request body to a ready response, and of that its overhead,
+what is left after queueing and compute (perf_analyzer's "Server: Overhead").
 """
 
 from __future__ import annotations
@@ -129,6 +132,27 @@ def concurrent(make: Callable[[], Call], clients: int, count: int) -> tuple[list
     return times, count / wall
 
 
+def server_stats(base: str, model: str) -> dict[str, dict[str, int]]:
+    stats: dict[str, dict[str, int]] = httpx.get(f"{base}/v2/models/{model}/stats").json()[
+        "model_stats"
+    ][0]["inference_stats"]
+    return stats
+
+
+def server_side(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> tuple[float, float, float]:
+    """(server ms, compute ms, overhead µs) per request between two reads of the statistics."""
+
+    def mean_ns(stage: str) -> float:
+        count = after[stage]["count"] - before[stage]["count"]
+        return (after[stage]["ns"] - before[stage]["ns"]) / count if count else 0.0
+
+    compute = sum(mean_ns(s) for s in ("compute_input", "compute_infer", "compute_output"))
+    total = mean_ns("success")
+    return total / 1e6, compute / 1e6, (total - compute - mean_ns("queue")) / 1e3
+
+
 def p50_p99(values: list[float]) -> tuple[float, float]:
     ordered = sorted(values)
     return 1000 * statistics.median(ordered), 1000 * ordered[
@@ -173,7 +197,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", nargs="?", type=Path, default=ROOT / "out" / "lipsync")
     parser.add_argument("--requests", type=int, default=40)
-    parser.add_argument("--window-ms", type=float, default=2.0, help="kiln serve's default: 2")
+    parser.add_argument("--window-ms", type=float, default=0.0, help="kiln serve's default: 0")
     parser.add_argument(
         "--threads", type=int, default=None, help="engine threads, alone and in the server"
     )
@@ -196,7 +220,8 @@ def main() -> int:
 
     port, grpc_port = free_port(), free_port()
     server = start_server(args.output, port, grpc_port, args.window_ms, args.threads)
-    url = f"http://127.0.0.1:{port}/v2/models/{model.metadata.name}/infer"
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/v2/models/{model.metadata.name}/infer"
     paths = {
         "JSON REST": rest_call(url, json_body(feeds), {"content-type": "application/json"}),
         "binary REST": rest_call(url, *binary_body(feeds, spec.outputs)),
@@ -205,12 +230,17 @@ def main() -> int:
     rows = []
     try:
         for label, make in paths.items():
+            before = server_stats(base, model.metadata.name)
             s50, s99 = p50_p99(sequential(make, args.requests))
-            rows.append((f"{label}, batch 1, one at a time", s50, s99, 1000 / s50))
+            after = server_stats(base, model.metadata.name)
+            rows.append((f"{label}, batch 1, one at a time", s50, s99, 1000 / s50, before, after))
             for clients in (8, 32):
+                before = after
                 times, rate = concurrent(make, clients, max(args.requests, 2 * clients))
+                after = server_stats(base, model.metadata.name)
                 c50, c99 = p50_p99(times)
-                rows.append((f"{label}, {clients} clients, batching", c50, c99, rate))
+                label_c = f"{label}, {clients} clients, batching"
+                rows.append((label_c, c50, c99, rate, before, after))
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -222,17 +252,18 @@ def main() -> int:
     )
     print(
         f"{'path':<38} {'p50 ms':>9} {'p99 ms':>9} {'x engine p50':>13} {'samples/s':>10} "
-        f"{'x engine /s':>12}"
+        f"{'x engine /s':>12} {'server ms':>10} {'compute ms':>11} {'overhead us':>12}"
     )
     rate = 1000 / r50
     print(
         f"{'engine alone, batch 1':<38} {r50:>9.2f} {alone.latency_ms.p99:>9.2f} {1.0:>13.2f} "
         f"{rate:>10.1f} {1.0:>12.2f}"
     )
-    for label, p50, p99, throughput in rows:
+    for label, p50, p99, throughput, before, after in rows:
+        in_server, compute, overhead = server_side(before, after)
         print(
             f"{label:<38} {p50:>9.2f} {p99:>9.2f} {p50 / r50:>13.2f} {throughput:>10.1f} "
-            f"{throughput / rate:>12.2f}"
+            f"{throughput / rate:>12.2f} {in_server:>10.2f} {compute:>11.2f} {overhead:>12.0f}"
         )
     return 0
 

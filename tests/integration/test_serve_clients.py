@@ -126,3 +126,41 @@ def test_tritonclient_grpc(server: str, optimized: Path) -> None:
     # REST and gRPC share one metrics registry.
     metrics = httpx.get(f"{server}/metrics").text
     assert 'kiln_requests_total{code="400"}' in metrics
+
+
+def test_statistics_account_for_every_request_over_http_and_grpc(optimized: Path) -> None:
+    """Triton's statistics extension, read by tritonclient both ways: counts match what was
+    sent, and the server's time per request is queue + compute + a positive overhead."""
+    import tritonclient.grpc as triton_grpc
+
+    grpc_port = free_port()
+    process, url = start(optimized, grpc_port=grpc_port)  # a fresh server: counts from zero
+    try:
+        http = triton_http.InferenceServerClient(url.removeprefix("http://"))
+        rpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert "statistics" in http.get_server_metadata()["extensions"]
+        for batch in (1, 2, 3):
+            tensor = triton_http.InferInput("image", [batch, 3, 16, 16], "FP32")
+            tensor.set_data_from_numpy(image(batch), binary_data=True)
+            http.infer("tiny", [tensor])
+        tensor = triton_grpc.InferInput("image", [4, 3, 16, 16], "FP32")
+        tensor.set_data_from_numpy(image(4))
+        rpc.infer("tiny", [tensor])
+        over_http = http.get_inference_statistics("tiny")["model_stats"][0]
+        over_grpc = rpc.get_inference_statistics("tiny", as_json=True)["model_stats"][0]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert over_http["inference_count"] == 1 + 2 + 3 + 4  # samples
+    assert over_http["execution_count"] == 4  # one at a time: one batch each
+    stages = over_http["inference_stats"]
+    assert stages["success"]["count"] == 4
+    assert stages["fail"]["count"] == 0
+    for stage in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert stages[stage]["count"] == 4
+    spent = sum(stages[s]["ns"] for s in ("queue", "compute_infer"))
+    assert 0 < stages["compute_infer"]["ns"] < spent <= stages["success"]["ns"]
+    assert sorted(b["batch_size"] for b in over_http["batch_stats"]) == [1, 2, 3, 4]
+    # The same counters over gRPC (uint64 fields come back as JSON strings).
+    assert int(over_grpc["inference_count"]) == 10
+    assert int(over_grpc["inference_stats"]["success"]["count"]) == 4

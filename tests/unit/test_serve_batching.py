@@ -66,3 +66,33 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
     error, second = asyncio.run(scenario())
     assert str(error) == "device lost"
     assert second[0].tolist() == [[1.0]]
+
+
+def test_with_no_window_a_lone_request_runs_at_once_and_a_queue_runs_as_one_batch() -> None:
+    sizes: list[int] = []
+    release = threading.Event()
+
+    def infer(feeds: Feeds) -> list[Array]:
+        sizes.append(int(feeds["x"].shape[0]))
+        release.wait(5)  # the first batch holds the engine while the others queue
+        return [feeds["x"] + 1]
+
+    async def scenario() -> list[list[Array]]:
+        batcher = Batcher(infer, max_batch=8, window_s=0.0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1), np.float32)}))
+        while not sizes:  # the lone request runs without waiting for company
+            await asyncio.sleep(0.001)
+        rest = [
+            asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i, np.float32)}))
+            for i in range(1, 6)
+        ]
+        await asyncio.sleep(0.05)  # all five queued while the engine is busy
+        release.set()
+        answers = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [a[0].item() for a in answers] == [1, 2, 3, 4, 5, 6]
+    assert sizes == [1, 5]  # what queued during the first batch ran as one, with no window

@@ -384,8 +384,12 @@ def serve(
         int, typer.Option(help="port for the gRPC service (KServe v2 / Triton); 0: none")
     ] = 8081,
     batch_window_ms: Annotated[
-        float, typer.Option(help="how long to gather requests into one batch")
-    ] = 2.0,
+        float,
+        typer.Option(
+            help="how long a batch waits for more requests once the engine is free; 0: none, "
+            "the requests that queued while the engine ran are the batch"
+        ),
+    ] = 0.0,
     threads: Annotated[
         int | None,
         typer.Option(help="CPU threads for ONNX Runtime (default: the CPU quota, else affinity)"),

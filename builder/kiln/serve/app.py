@@ -19,6 +19,7 @@ from kiln.serve.batching import Batcher, Infer
 from kiln.serve.drain import Draining
 from kiln.serve.metrics import Metrics
 from kiln.serve.protocol import (
+    EXTENSIONS,
     HEADER_LENGTH,
     BadRequestError,
     InferRequest,
@@ -42,7 +43,7 @@ def respond(info: ModelInfo, request: InferRequest, outputs: list[tuple[str, Any
     """JSON tensors, or, for outputs asked for as binary, a JSON header followed by their raw
     bytes in order (Inference-Header-Content-Length says where the header ends)."""
     tensors: list[ResponseTensor] = []
-    chunks: list[bytes] = []
+    chunks: list[memoryview] = []
     for name, array in outputs:
         if wants_binary(request, name):
             tensor, data = encode_binary(name, array)
@@ -78,7 +79,7 @@ def create_app(
     stopping = draining or Draining()
     metrics = Metrics()
     batcher = Batcher(infer, info.max_batch, window_ms / 1000.0, executor)
-    batcher.on_batch = metrics.batch_size.observe
+    batcher.on_batch = metrics.executed
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -123,7 +124,14 @@ def create_app(
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "kiln", "version": VERSION, "extensions": ["binary_tensor_data"]}
+        return {"name": "kiln", "version": VERSION, "extensions": EXTENSIONS}
+
+    @app.get("/v2/models/stats")
+    @app.get("/v2/models/{name}/stats")
+    async def model_statistics(name: str | None = None) -> Any:
+        if name is not None and (missing := unknown(name)) is not None:
+            return missing
+        return {"model_stats": [metrics.stats.model_stats(info.name, info.version)]}
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str) -> Any:
@@ -158,8 +166,17 @@ def create_app(
         body = await request.body()
         if len(body) > max_body_bytes:
             return error(413, f"request body exceeds {max_body_bytes} bytes", "too_large")
+        received = time.perf_counter_ns()  # the server's own time starts with a whole body
+        answer = await _infer(body, request.headers.get(HEADER_LENGTH))
+        metrics.stats.finished(time.perf_counter_ns() - received, answer.status_code == 200)
+        if answer.status_code == 200:
+            metrics.requests.labels(code="200").inc()
+            metrics.latency.observe(time.perf_counter() - started)
+        return answer
+
+    async def _infer(body: bytes, header_length: str | None) -> Response:
         try:
-            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+            header, binary = split_body(body, header_length)
             parsed = InferRequest.model_validate_json(header)
         except BadRequestError as exc:
             return error(400, str(exc), "malformed")
@@ -179,10 +196,7 @@ def create_app(
             outputs = await run_engine(info, batcher, metrics, feeds, wanted)
         except EngineFailedError as exc:
             return error(500, str(exc), "runtime")
-        answer = respond(info, parsed, outputs)
-        metrics.requests.labels(code="200").inc()
-        metrics.latency.observe(time.perf_counter() - started)
-        return answer
+        return respond(info, parsed, outputs)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -1,17 +1,23 @@
-"""Dynamic batching: requests that arrive within a short window are run as one batch (up to
-the largest batch size the engine was built for) and the outputs are split back per request.
+"""Dynamic batching: the moment the engine is free, every request queued meanwhile runs as one
+batch (up to the largest batch size the engine was built for), and the outputs are split back
+per request. So a lone request on an idle engine runs at once, and under load batches grow by
+themselves with the requests that arrive while the engine runs, as Triton's dynamic batcher
+does with its default `max_queue_delay` of 0. A window above 0 also waits up to that long for
+more requests to fill a batch: throughput traded for latency, where batching pays (GPUs).
 One worker thread owns the runner, so runners need not be thread-safe."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from kiln.runtime.base import Array, Feeds
+from kiln.serve.stats import BatchTimes
 
 Infer = Callable[[Feeds], list[Array]]
 
@@ -21,6 +27,7 @@ class _Pending:
     feeds: Feeds
     size: int
     future: asyncio.Future[list[Array]]
+    queued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
 def merge(items: list[Feeds]) -> Feeds:
@@ -52,7 +59,7 @@ class Batcher:
             1, thread_name_prefix="kiln-infer"
         )
         self._task: asyncio.Task[None] | None = None
-        self.on_batch: Callable[[int], None] = lambda size: None
+        self.on_batch: Callable[[BatchTimes], None] = lambda batch: None
 
     @property
     def depth(self) -> int:
@@ -77,10 +84,20 @@ class Batcher:
         carry: _Pending | None = None
         while True:
             first = carry or await self._queue.get()
-            carry = None
-            group, total = [first], first.size
-            deadline = loop.time() + self.window_s
-            while total < self.max_batch:
+            group, carry = await self._gather(loop, first)
+            await self._execute(loop, group, sum(p.size for p in group))
+
+    async def _gather(
+        self, loop: asyncio.AbstractEventLoop, first: _Pending
+    ) -> tuple[list[_Pending], _Pending | None]:
+        """`first` and what joins it: everything queued now, then (window > 0) what arrives
+        within the window; returns the batch and the request that starts the next one."""
+        group, total = [first], first.size
+        deadline = loop.time() + self.window_s
+        while total < self.max_batch:
+            if not self._queue.empty():
+                item = self._queue.get_nowait()  # waited already, while the engine ran
+            else:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -88,24 +105,35 @@ class Batcher:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
-                if total + item.size > self.max_batch:
-                    carry = item  # starts the next batch
-                    break
-                group.append(item)
-                total += item.size
-            await self._execute(loop, group, total)
+            if total + item.size > self.max_batch:
+                return group, item  # starts the next batch
+            group.append(item)
+            total += item.size
+        return group, None
 
     async def _execute(
         self, loop: asyncio.AbstractEventLoop, group: list[_Pending], total: int
     ) -> None:
-        self.on_batch(total)
+        started = time.perf_counter_ns()
         try:
-            merged = merge([p.feeds for p in group]) if len(group) > 1 else group[0].feeds
-            outputs = await loop.run_in_executor(self._executor, self._infer, merged)
-            for pending, part in zip(group, split(outputs, [p.size for p in group]), strict=True):
+            parts, timed = await loop.run_in_executor(self._executor, self._run_batch, group)
+            self.on_batch(
+                BatchTimes(total, len(group), [started - p.queued_ns for p in group], *timed)
+            )
+            for pending, part in zip(group, parts, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(part)
         except Exception as exc:  # every waiter learns why its batch failed
             for pending in group:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
+
+    def _run_batch(self, group: list[_Pending]) -> tuple[list[list[Array]], tuple[int, int, int]]:
+        """On the runner's thread: merge, infer, split, each timed there (no hand-off in it)."""
+        t0 = time.perf_counter_ns()
+        merged = merge([p.feeds for p in group]) if len(group) > 1 else group[0].feeds
+        t1 = time.perf_counter_ns()
+        outputs = self._infer(merged)
+        t2 = time.perf_counter_ns()
+        parts = split(outputs, [p.size for p in group])
+        return parts, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2)

@@ -17,6 +17,7 @@ from kiln.serve.drain import Draining
 from kiln.serve.grpc_protocol import compiled
 from kiln.serve.metrics import Metrics
 from kiln.serve.protocol import (
+    EXTENSIONS,
     BadRequestError,
     InferRequest,
     datatype_of,
@@ -100,7 +101,14 @@ def servicer(
             return pb.ModelReadyResponse(ready=not stopping.active)
 
         async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-            return pb.ServerMetadataResponse(name="kiln", version=VERSION, extensions=[])
+            return pb.ServerMetadataResponse(name="kiln", version=VERSION, extensions=EXTENSIONS)
+
+        async def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
+            if request.name:
+                await known(request.name, context)
+            stats = metrics.stats.model_stats(info.name, info.version)
+            # The JSON form's keys are the message's field names.
+            return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(**stats)])
 
         async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
             await known(request.name, context)
@@ -113,11 +121,16 @@ def servicer(
             )
 
         async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-            started = time.perf_counter()
+            started = time.perf_counter_ns()
             await known(request.model_name, context)
-            response = await infer(pb, info, batcher, metrics, request, context)
+            ok = False
+            try:
+                response = await infer(pb, info, batcher, metrics, request, context)
+                ok = True
+            finally:
+                metrics.stats.finished(time.perf_counter_ns() - started, ok)
             metrics.requests.labels(code="200").inc()
-            metrics.latency.observe(time.perf_counter() - started)
+            metrics.latency.observe((time.perf_counter_ns() - started) / 1e9)
             return response
 
     return stubs, Servicer()

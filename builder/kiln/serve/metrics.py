@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kiln.serve.stats import BatchTimes, Statistics
+
 
 @dataclass
 class Metrics:
@@ -30,3 +32,8 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.queue_depth = Gauge("kiln_queue_depth", "Requests waiting to be batched", registry=r)
+        self.stats = Statistics()  # Triton's statistics extension (kiln.serve.stats)
+
+    def executed(self, batch: BatchTimes) -> None:
+        self.batch_size.observe(batch.size)
+        self.stats.executed(batch)

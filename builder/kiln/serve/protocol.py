@@ -92,6 +92,8 @@ def _flatten(data: list[Any]) -> list[Any]:
 # The binary tensor data extension (Triton's, used by its clients and perf_analyzer): the JSON
 # header's length in this header, each binary tensor's bytes after it in order.
 HEADER_LENGTH = "inference-header-content-length"
+# The protocol extensions this server speaks, as `GET /v2` and ServerMetadata list them.
+EXTENSIONS = ["binary_tensor_data", "statistics"]
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -227,14 +229,16 @@ def requested_outputs(request: InferRequest, available: list[str]) -> list[str]:
     return wanted
 
 
-def encode_binary(name: str, array: Array) -> tuple[ResponseTensor, bytes]:
+def encode_binary(name: str, array: Array) -> tuple[ResponseTensor, memoryview]:
+    """The tensor's header and a view of its bytes (no copy: the response body joins the
+    header and the views in one copy)."""
     datatype = datatype_of(array)
-    data = np.ascontiguousarray(array, dtype=_NUMPY[datatype]).tobytes()
+    data = np.ascontiguousarray(array, dtype=_NUMPY[datatype]).data.cast("B")
     tensor = ResponseTensor(
         name=name,
         shape=list(array.shape),
         datatype=datatype,
-        parameters={"binary_data_size": len(data)},
+        parameters={"binary_data_size": data.nbytes},
     )
     return tensor, data
 

@@ -380,7 +380,11 @@ class Serving(KilnModel):
     grpc_port: Annotated[int, Field(ge=1, le=65535)] = Field(
         default=8081, description="gRPC port (Open Inference Protocol, Triton's clients)"
     )
-    batch_window_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    batch_window_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
+        default=0.0,
+        description="how long a batch waits for more requests once the engine is free; 0: "
+        "none, what queued while the engine ran is the batch (Triton's default)",
+    )
     resources: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="container resources (requests/limits)"
     )
