@@ -189,6 +189,9 @@ def test_challenge_reasons() -> None:
     assert "within preferSimplerWithin 0.1" in verdict.note
     verdict = challenge(simple, ranked(*INT8, 1.5), Objective.MAX_THROUGHPUT, 0.10)
     assert verdict.wins
+    # A slower one is called slower, not "within preferSimplerWithin".
+    verdict = challenge(simple, ranked(*INT8, 0.43, (0.4, 0.46)), Objective.MAX_THROUGHPUT, 0.10)
+    assert verdict.reasons == ("slower",)
 
 
 def test_aotinductor_ranks_with_the_fp32_engines_and_its_fp16_with_fp16() -> None:

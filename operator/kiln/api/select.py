@@ -74,7 +74,9 @@ def challenge(
     reasons = []
     if _interval(complex_).overlaps(_interval(simpler)):
         reasons.append("intervals overlap")
-    if ratio <= 1.0 + within:
+    if ratio < 1.0:
+        reasons.append("slower")  # "within preferSimplerWithin" would read as nearly as fast
+    elif ratio <= 1.0 + within:
         reasons.append(f"within preferSimplerWithin {within:g}")
     if complex_.disturbed:
         reasons.append(f"measurement disturbed: {complex_.disturbed}")
