@@ -268,6 +268,22 @@ def test_an_input_name_the_model_does_not_have(tiny: TinyExample) -> None:
     assert "its forward takes (image)" in message
 
 
+def test_an_argument_without_a_default_that_no_input_names(tiny: TinyExample) -> None:
+    # Scaled.forward(self, x, scale, shift=0.0): shift may be left out, scale may not.
+    spec = tiny_spec(
+        source={"uri": "weights.pt", "factory": "tiny_models:build_scaled"},
+        inputs=[{"name": "x", "shape": [-1, 3, 16, 16]}],
+        precisions=["fp32"],
+        calibration=None,
+    )
+    fails_with(
+        tiny,
+        spec,
+        "error: spec.inputs: no input for 'scale': the model's forward has no default for it; "
+        "its forward takes (x, scale, shift)",
+    )
+
+
 def test_a_batch_size_the_exported_program_cannot_take(tiny: TinyExample) -> None:
     from tests.fixtures.tiny_models import build
 

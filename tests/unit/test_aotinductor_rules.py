@@ -12,7 +12,9 @@ import torch
 
 from kiln.api.spec import Precision
 from kiln.builder.aoti import CandidateBuildError, compile_failure, export_program
+from kiln.builder.torch_source import TorchModel
 from kiln.runtime.aoti_runner import incompatibility
+from kiln.runtime.binding import Call
 from kiln.runtime.cpu_isa import cpu_flags, missing_flags, required_flags
 from kiln.serve.loading import torch_mismatch
 from tests.fixtures.specs import minimal_spec
@@ -125,9 +127,12 @@ class DataDependent(torch.nn.Module):
 
 def test_a_model_torch_export_cannot_trace_is_a_build_error_naming_the_cause() -> None:
     spec = minimal_spec()
+    by_position = Call(("x",))
     with pytest.raises(CandidateBuildError, match=r"torch.export cannot export this model: .*data"):
-        export_program(DataDependent(), spec, "cpu", Precision.FP32)
-    program = export_program(torch.nn.Linear(3, 2), spec, "cpu", Precision.FP32)
+        export_program(TorchModel(DataDependent(), by_position), spec, "cpu", Precision.FP32)
+    program = export_program(
+        TorchModel(torch.nn.Linear(3, 2), by_position), spec, "cpu", Precision.FP32
+    )
     # The batch axis is dynamic from 1 to the largest batch size, whatever the trace used.
     (batch,) = {str(r) for r in program.range_constraints.values()}
     assert batch == "VR[1, 4]"

@@ -125,21 +125,6 @@ def test_torch_compile_on_a_torchscript_archive_is_not_applicable() -> None:
     assert skipped["pytorch-cpu-fp32"] is None
 
 
-def test_spec_inputs_bind_to_the_forwards_names() -> None:
-    from kiln.builder.torch_source import binding_problem
-
-    assert binding_problem(None, ["anything"]) is None  # *args only: by position
-    assert binding_problem(["x", "mask"], ["x", "mask"]) is None
-    assert binding_problem(["x", "mask"], ["x"]) is None  # mask has a default, say
-    assert binding_problem(["x"], ["image"]) == (
-        "spec.inputs[0].name",
-        "'image' is not an input of the model; its forward takes (x)",
-    )
-    field, message = binding_problem(["ids", "mask"], ["mask", "ids"]) or ("", "")
-    assert field == "spec.inputs"
-    assert "model's order (ids, mask); the spec has (mask, ids)" in message
-
-
 def test_torch_compile_compiles_while_it_is_built() -> None:
     from types import SimpleNamespace
 
@@ -150,12 +135,15 @@ def test_torch_compile_compiles_while_it_is_built() -> None:
     from kiln.api.spec import Backend, Precision
     from kiln.builder.candidates import CandidatePlan
     from kiln.builder.engines import _torch_runner
+    from kiln.builder.torch_source import TorchModel
+    from kiln.runtime.binding import Call
 
     torch._dynamo.reset()
     before = counters["stats"]["unique_graphs"]
     prepared: Any = SimpleNamespace(
-        module=torch.nn.Linear(3, 2), samples=[{"x": np.zeros((1, 3), np.float32)}]
+        model=TorchModel(torch.nn.Linear(3, 2), Call(("x",))),
+        samples=[{"x": np.zeros((1, 3), np.float32)}],
     )
     plan = CandidatePlan(Backend.TORCH_COMPILE, Precision.FP32, "cpu")
-    _torch_runner(plan, prepared, ["x"], "cpu")
+    _torch_runner(plan, prepared, "cpu")
     assert counters["stats"]["unique_graphs"] > before  # compiled during the build step

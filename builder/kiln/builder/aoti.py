@@ -2,10 +2,12 @@
 compiled from, the stored package, and the compile in a subprocess (a crash inside Inductor or
 the C++ compiler is a FAILED candidate, not a dead builder).
 
-The program is the source's own `torch.export` program where it can be used as it is (an FP32
-package from a `.pt2` source); otherwise the module is exported here with the spec's dynamic
-batch axis (min 1, max the largest batch size), on the target's device, and for FP16 wrapped so
-the package takes and returns the spec's dtypes and computes in half precision inside."""
+Every package takes the spec's inputs by position, in the spec's order (what the runners and
+`kiln serve` pass). The program is the source's own `torch.export` program where it can be used
+as it is (an FP32 package from a `.pt2` source that takes the inputs in that order); otherwise
+the module is exported here behind `SpecOrder`, with the spec's dynamic batch axis (min 1, max
+the largest batch size), on the target's device, and for FP16 wrapped so the package takes and
+returns the spec's dtypes and computes in half precision inside."""
 
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ from kiln.builder.candidates import CandidatePlan
 from kiln.builder.context import BuildContext
 from kiln.builder.feeds import random_feeds
 from kiln.builder.prepare import ModelArtifact, Prepared
+from kiln.builder.torch_source import TorchModel
 from kiln.runtime.aoti_build import INDUCTOR_CONFIGS
+from kiln.runtime.binding import Call
 from kiln.runtime.cpu_isa import build_isa
 from kiln.runtime.errors import root_cause
 from kiln.runtime.torch_runner import flatten_outputs
@@ -38,15 +42,25 @@ class CandidateBuildError(RuntimeError):
     """A candidate cannot be built from this model (its message is the whole reason)."""
 
 
-def uses_source_program(spec: OptimizedModelSpec, plan: CandidatePlan) -> bool:
+def uses_source_program(
+    spec: OptimizedModelSpec, plan: CandidatePlan, model: TorchModel | None
+) -> bool:
+    """An FP32 package compiles a `.pt2` source's own program when that program already takes
+    the spec's inputs as every package must: all by position, in the spec's order."""
+    in_spec_order = Call(tuple(t.name for t in spec.inputs))
     return (
-        spec.source.resolved_format() is SourceFormat.EXPORTED and plan.precision is Precision.FP32
+        spec.source.resolved_format() is SourceFormat.EXPORTED
+        and plan.precision is Precision.FP32
+        and model is not None
+        and model.call == in_spec_order
     )
 
 
-def program_settings(spec: OptimizedModelSpec, plan: CandidatePlan) -> dict[str, Any]:
+def program_settings(
+    spec: OptimizedModelSpec, plan: CandidatePlan, model: TorchModel | None
+) -> dict[str, Any]:
     """What the compiled program depends on besides the source's bytes."""
-    if uses_source_program(spec, plan):
+    if uses_source_program(spec, plan, model):
         return {"program": "source"}
     return {
         "program": "export",
@@ -67,12 +81,16 @@ def target_isa(device: str) -> str | None:
 
 
 def package_key(
-    spec: OptimizedModelSpec, plan: CandidatePlan, source: str, device_type: str, threads: int
+    spec: OptimizedModelSpec,
+    plan: CandidatePlan,
+    prepared: Prepared,
+    device_type: str,
+    threads: int,
 ) -> str:
     return cache_key(
         "aoti",
-        source=source,
-        settings=program_settings(spec, plan),
+        source=prepared.source.digest,
+        settings=program_settings(spec, plan, prepared.model),
         precision=plan.precision.value,
         device=device_type,
         isa=target_isa(plan.device),
@@ -90,7 +108,7 @@ def aoti_package(
 ) -> ModelArtifact:
     """The stored package for this program, device type and CPU, or a new one compiled and
     published (manifest last: a compile that dies leaves nothing marked built)."""
-    key = package_key(ctx.spec, plan, prepared.source.digest, device_type, threads)
+    key = package_key(ctx.spec, plan, prepared, device_type, threads)
     uri = ctx.artifacts.location(key, PACKAGE_FILE).uri
     if not ctx.force and ctx.artifacts.manifest(key) is not None:
         return ModelArtifact(key, ctx.artifacts.fetch(key, PACKAGE_FILE), uri, cached=True)
@@ -107,18 +125,33 @@ def aoti_package(
 
 def _program(spec: OptimizedModelSpec, plan: CandidatePlan, prepared: Prepared, out: Path) -> Path:
     device = "cuda:0" if plan.device == "cuda" else "cpu"
-    if uses_source_program(spec, plan):
+    if uses_source_program(spec, plan, prepared.model):
         if device == "cpu":
             return prepared.source.path
         from torch.export.passes import move_to_device_pass
 
         program = move_to_device_pass(torch.export.load(str(prepared.source.path)), device)
     else:
-        if prepared.module is None:
+        if prepared.model is None:
             raise CandidateBuildError("no PyTorch module to export")
-        program = export_program(prepared.module, spec, device, plan.precision)
+        program = export_program(prepared.model, spec, device, plan.precision)
     torch.export.save(program, str(out))
     return out
+
+
+class SpecOrder(torch.nn.Module):
+    """Takes the spec's inputs by position, in the spec's order, and calls `module` as `call`
+    binds them (by name where the forward has names): the calling convention of every package,
+    whatever order the forward declares its arguments in."""
+
+    def __init__(self, module: Any, call: Call, names: list[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.call = call
+        self.names = tuple(names)
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return self.call.apply(self.module, dict(zip(self.names, args, strict=True)))
 
 
 class HalfPrecision(torch.nn.Module):
@@ -135,22 +168,24 @@ class HalfPrecision(torch.nn.Module):
 
 
 def export_program(
-    module: Any, spec: OptimizedModelSpec, device: str, precision: Precision
+    model: TorchModel, spec: OptimizedModelSpec, device: str, precision: Precision
 ) -> torch.export.ExportedProgram:
-    """torch.export of the module with the batch axis dynamic from 1 to the largest batch
-    size. Traced at batch 2 where it can be: at 1, export specialises the axis to a constant."""
+    """torch.export of the module behind `SpecOrder`, with the batch axis dynamic from 1 to
+    the largest batch size. Traced at batch 2 where it can be: at 1, export specialises the
+    axis to a constant."""
     largest = spec.batch_sizes[-1]
     dynamic = largest >= 2 and all(t.dynamic_batch for t in spec.inputs)
     feeds = random_feeds(spec.inputs, 2 if dynamic else spec.batch_sizes[0], seed=1)
-    args = tuple(torch.from_numpy(feeds[t.name]).to(device) for t in spec.inputs)
+    names = [t.name for t in spec.inputs]
+    args = tuple(torch.from_numpy(feeds[n]).to(device) for n in names)
     batch = torch.export.Dim("batch", min=1, max=largest)
-    # Positional, so the spec's input names need not match the forward's argument names.
-    shapes = tuple({0: batch} if dynamic else None for _ in spec.inputs)
-    model = copy.deepcopy(module).to(device)
+    # One entry, for SpecOrder's *args: a tuple with each input's shape.
+    shapes = (tuple({0: batch} if dynamic else None for _ in names),)
+    program: torch.nn.Module = SpecOrder(copy.deepcopy(model.module).to(device), model.call, names)
     if precision is Precision.FP16:
-        model = HalfPrecision(model)
+        program = HalfPrecision(program)
     try:
-        return torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
+        return torch.export.export(program, args, dynamic_shapes=shapes, strict=False)
     except Exception as exc:
         raise CandidateBuildError(
             f"torch.export cannot export this model: {root_cause(exc)}"

@@ -71,16 +71,13 @@ def _since(started: float) -> float:
     return round(time.perf_counter() - started, 3)
 
 
-def _torch_runner(
-    plan: CandidatePlan, prepared: Prepared, names: list[str], device: str
-) -> TorchRunner:
-    module = prepared.module
-    if module is None:
+def _torch_runner(plan: CandidatePlan, prepared: Prepared, device: str) -> TorchRunner:
+    model = prepared.model
+    if model is None:
         raise RuntimeError("no PyTorch module (ONNX source)")
-    if device != "cpu":
-        module = copy.deepcopy(module).to(device)
+    module = model.module if device == "cpu" else copy.deepcopy(model.module).to(device)
     compiled = plan.backend is Backend.TORCH_COMPILE
-    runner = TorchRunner(plan.name, module, names, device, compile_model=compiled)
+    runner = TorchRunner(plan.name, module, model.call, device, compile_model=compiled)
     if compiled:
         # torch.compile compiles on its first call: count that in its build time, not in
         # the accuracy check's.
@@ -92,12 +89,12 @@ def _runner(
     ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, target: TargetPlan, threads: int
 ) -> tuple[Runner, str | None, bool]:
     """(runner, artifact URI, reused from storage)."""
-    names = [t.name for t in ctx.spec.inputs]
     device = "cuda:0" if target.device == "cuda" else "cpu"
     if plan.backend in (Backend.PYTORCH, Backend.TORCH_COMPILE):
-        return _torch_runner(plan, prepared, names, device), None, False
+        return _torch_runner(plan, prepared, device), None, False
     if plan.backend is Backend.AOTINDUCTOR:
         package = aoti_package(ctx, plan, prepared, target.name, threads)
+        names = [t.name for t in ctx.spec.inputs]  # a package takes them in the spec's order
         return (
             AotiRunner(plan.name, package.path, names, device, threads),
             package.uri,

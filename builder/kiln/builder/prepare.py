@@ -26,7 +26,7 @@ from kiln.builder.gate_samples import GateSet, Split, gate_set, plan
 from kiln.builder.onnx_model import check_onnx_signature, load_onnx
 from kiln.builder.quantize import quantize_qdq
 from kiln.builder.stages import StageFailedError, StageResult, timed
-from kiln.builder.torch_source import check_torch_signature, load_torch_module
+from kiln.builder.torch_source import TorchModel, check_torch_signature, load_torch_module
 from kiln.builder.verify import compare
 from kiln.runtime.base import Array, Feeds, infer
 from kiln.runtime.ort_runner import OrtRunner
@@ -46,7 +46,7 @@ class ModelArtifact:
 @dataclass
 class Prepared:
     source: FetchedSource
-    module: Any | None  # None for ONNX sources
+    model: TorchModel | None  # None for ONNX sources
     onnx: ModelArtifact
     calibration: SampleSet | None
     gate: GateSet
@@ -98,28 +98,28 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
     stages.append(st)
 
     onnx_source = spec.source.resolved_format() is SourceFormat.ONNX
-    module: Any | None = None
+    model: TorchModel | None = None
     with ctx.reporter.step("load and check the model"), timed(StageResult("check")) as st:
         if onnx_source:
             check_onnx_signature(load_onnx(source.path, "spec.source.uri"), spec)
         else:
             module = load_torch_module(spec, source.path, ctx.base_dir)
-            check_torch_signature(module, spec)
+            model = check_torch_signature(module, spec)
     stages.append(st)
 
     gate = gate_set(spec, calibration, validation, quantizer)
     samples = gate.samples
-    references = _references(ctx, module, source.path, samples)
+    references = _references(ctx, model, source.path, samples)
 
     with ctx.reporter.step("export to ONNX"), timed(StageResult("export")) as st:
         settings = export_settings(spec) if not onnx_source else {"asIs": True}
         key = cache_key("onnx", model=source.digest, settings=settings)
 
         def build_onnx(out: Path) -> None:
-            if onnx_source:
+            if model is None:  # an ONNX source is used as it is
                 out.write_bytes(source.path.read_bytes())
                 return
-            export_onnx(module, spec, out)
+            export_onnx(model, spec, out)
             check_onnx_signature(load_onnx(out, "exported model"), spec)
             _check_parity(ctx, out, samples, references, st)
 
@@ -129,7 +129,7 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
     stages.append(st)
 
     prepared = Prepared(
-        source, module, onnx_model, calibration, gate, references, quantizer, stages=stages
+        source, model, onnx_model, calibration, gate, references, quantizer, stages=stages
     )
     if prepared.quantizer is not None:
         _quantize(ctx, prepared)
@@ -139,12 +139,11 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
 
 
 def _references(
-    ctx: BuildContext, module: Any | None, source: Path, samples: list[Feeds]
+    ctx: BuildContext, model: TorchModel | None, source: Path, samples: list[Feeds]
 ) -> list[list[Array]]:
-    names = [t.name for t in ctx.spec.inputs]
     reference: Any
-    if module is not None:
-        reference = TorchRunner("reference", module, names, "cpu")
+    if model is not None:
+        reference = TorchRunner("reference", model.module, model.call, "cpu")
     else:
         reference = OrtRunner("reference", source, ctx.spec.outputs, "cpu")
     return [infer(reference, s) for s in samples]

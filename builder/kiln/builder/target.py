@@ -36,7 +36,7 @@ def candidate_key(
     built_from = model.key if model is not None and onnx_based else None
     if plan.backend is Backend.AOTINDUCTOR and plan.skip is None:
         threads = env.cpu_threads or 1
-        built_from = package_key(spec, plan, prepared.source.digest, env.device_type, threads)
+        built_from = package_key(spec, plan, prepared, env.device_type, threads)
     return cache_key(
         "cand",
         name=plan.name,

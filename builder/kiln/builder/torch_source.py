@@ -1,11 +1,13 @@
-"""Load a PyTorch source (TorchScript, torch.export program, factory + weights) and check that
-it accepts the spec's inputs and returns as many outputs as the spec names."""
+"""Load a PyTorch source (TorchScript, torch.export program, factory + weights), bind the spec's
+inputs to its forward's arguments (by name where it has names), and check that it accepts them
+and returns as many outputs as the spec names."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import torch
 from kiln.api.errors import KilnInputError
 from kiln.api.spec import OptimizedModelSpec, SourceFormat
 from kiln.builder.feeds import random_feeds
+from kiln.runtime.binding import Argument, Call, call_for
 from kiln.runtime.torch_runner import flatten_outputs
 
 
@@ -78,69 +81,110 @@ def _from_factory(factory: str, weights: Path, base_dir: Path) -> Any:
     return model
 
 
-def input_names(module: Any) -> list[str] | None:
-    """The forward's argument names (torch.export programs, factory modules and TorchScript
-    keep them), or None where it takes only *args."""
+@dataclass(frozen=True)
+class TorchModel:
+    """A PyTorch source's module and how it is called with the spec's inputs: the two travel
+    together, so nothing calls the module any other way."""
+
+    module: Any
+    call: Call
+
+
+def forward_arguments(module: Any) -> list[Argument] | None:
+    """The forward's arguments (torch.export programs and factory modules keep their names),
+    or None where it takes only *args."""
     try:
         parameters = inspect.signature(module.forward if hasattr(module, "forward") else module)
     except (TypeError, ValueError):
         return None
-    names = [
-        p.name
+    traced_as_keywords = _traced_keywords(module)
+    arguments = [
+        Argument(
+            p.name,
+            required=p.default is p.empty,
+            keyword_only=p.kind is p.KEYWORD_ONLY or p.name in traced_as_keywords,
+        )
         for p in parameters.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name != "self"
     ]
-    return names or None
+    return arguments or None
 
 
-def binding_problem(model: list[str] | None, spec: list[str]) -> tuple[str, str] | None:
-    """(field, message) when the spec's input names cannot bind to the model's arguments.
-    Inputs are passed in the spec's order, so that order must be the model's."""
-    if model is None:
+def _traced_keywords(module: Any) -> frozenset[str]:
+    """The inputs a torch.export program was traced with as keywords. Its module accepts only
+    the call it was traced with, and its signature does not say which inputs those were; the
+    program's input tree spec ((args, kwargs)) does."""
+    in_spec: Any = getattr(module, "_in_spec", None)  # set on a program's module only
+    if in_spec is None:
+        return frozenset()
+    try:
+        return frozenset(str(k) for k in in_spec.child(1).context)
+    except (AttributeError, IndexError, TypeError, ValueError):  # another tree than (args, kwargs)
+        return frozenset()
+
+
+def binding_problem(forward: list[Argument] | None, spec: list[str]) -> tuple[str, str] | None:
+    """(field, message) when the spec's input names cannot bind to the forward's arguments:
+    a name the forward lacks, or an argument with no default that no input names. The order
+    is free: inputs bind by name."""
+    if forward is None:
         return None  # only *args: bound by position
-    takes = ", ".join(model)
+    takes = ", ".join(a.name for a in forward)
+    known = {a.name for a in forward}
     for i, name in enumerate(spec):
-        if name not in model:
+        if name not in known:
             return (
                 f"spec.inputs[{i}].name",
                 f"{name!r} is not an input of the model; its forward takes ({takes})",
             )
-    if spec != model[: len(spec)]:
+    missing = [a.name for a in forward if a.required and a.name not in spec]
+    if missing:
+        needs = ", ".join(repr(n) for n in missing)
         return (
             "spec.inputs",
-            f"list the inputs in the model's order ({takes}); the spec has ({', '.join(spec)})",
+            f"no input for {needs}: the model's forward has no default for "
+            f"{'it' if len(missing) == 1 else 'them'}; its forward takes ({takes})",
         )
     return None
 
 
-def check_torch_signature(module: Any, spec: OptimizedModelSpec) -> None:
-    """The spec's input names against the forward's, then one forward pass per batch size the
-    spec lists: wrong names, shapes, dtypes and batch sizes surface here, before any export."""
+def bind_inputs(module: Any, spec: OptimizedModelSpec) -> Call:
+    """How `module` is called with the spec's inputs; names that cannot bind are refused."""
     # TorchScript archives are bound by position (a traced archive's names are the tracer's).
     scripted = spec.source.resolved_format() is SourceFormat.TORCHSCRIPT
-    names = None if scripted else input_names(module)
-    problem = binding_problem(names, [t.name for t in spec.inputs])
+    forward = None if scripted else forward_arguments(module)
+    names = [t.name for t in spec.inputs]
+    problem = binding_problem(forward, names)
     if problem is not None:
         raise KilnInputError(*problem)
+    return call_for(forward, names)
+
+
+def check_torch_signature(module: Any, spec: OptimizedModelSpec) -> TorchModel:
+    """The spec's input names against the forward's, then one forward pass per batch size the
+    spec lists: wrong names, shapes, dtypes and batch sizes surface here, before any export."""
+    model = TorchModel(module, bind_inputs(module, spec))
     for i, batch in enumerate(spec.batch_sizes):
-        outputs = _forward(module, spec, batch, "spec.inputs" if i == 0 else "spec.batchSizes")
+        outputs = _forward(model, spec, batch, "spec.inputs" if i == 0 else "spec.batchSizes")
         if i == 0 and len(outputs) != len(spec.outputs):
             raise KilnInputError(
                 "spec.outputs",
                 f"names {len(spec.outputs)} outputs {spec.outputs} but the model returns "
                 f"{len(outputs)} tensor(s)",
             )
+    return model
 
 
-def _forward(module: Any, spec: OptimizedModelSpec, batch: int, field: str) -> list[Any]:
+def _forward(model: TorchModel, spec: OptimizedModelSpec, batch: int, field: str) -> list[Any]:
     feeds = random_feeds(spec.inputs, batch, seed=0)
-    args = [torch.from_numpy(feeds[t.name]) for t in spec.inputs]
+    tensors = {t.name: torch.from_numpy(feeds[t.name]) for t in spec.inputs}
     described = ", ".join(
         f"{t.name}{list(t.concrete_shape(batch))}:{t.dtype.value}" for t in spec.inputs
     )
     try:
         with torch.inference_mode():
-            return flatten_outputs(module(*args))
+            return flatten_outputs(model.call.apply(model.module, tensors))
     except Exception as exc:
         what = f"batch size {batch}" if field == "spec.batchSizes" else described
         raise KilnInputError(

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from kiln.runtime.binding import Call
 from kiln.runtime.cpu_isa import cpu_flags, missing_flags
 from kiln.runtime.torch_runner import TorchRunner
 
@@ -113,7 +114,9 @@ class AotiRunner(TorchRunner):
         threads: int | None = None,
     ) -> None:
         check_package(package, device)
-        super().__init__(name, _load(package, device), input_names, device)
+        # Every package takes the spec's inputs by position, in the spec's order: the builder
+        # exports it so, whatever order the forward declares.
+        super().__init__(name, _load(package, device), Call(tuple(input_names)), device)
         self.threads = threads
 
     def run(self) -> None:
