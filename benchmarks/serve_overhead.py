@@ -9,17 +9,21 @@ clients run on the same machine as the server (and share its cores): on a 2-core
 latencies bound what the server adds from above, they do not isolate it. So each row also gives
 the server's own account (Triton's statistics extension, read before and after the row): its
 mean time per request from a whole request body to a ready response, and of that its overhead,
-what is left after queueing and compute (perf_analyzer's "Server: Overhead").
+what is left after queueing and compute (perf_analyzer's "Server: Overhead"). With Go on PATH,
+binary REST is also driven by benchmarks/serve_client, a native client (standard library only)
+whose own cost is small, so its end-to-end figures are mostly the server's and the engine's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -153,6 +157,32 @@ def server_side(
     return total / 1e6, compute / 1e6, (total - compute - mean_ns("queue")) / 1e3
 
 
+def native_client(workdir: Path) -> Path | None:
+    """benchmarks/serve_client (Go, standard library only) built into `workdir`: a client whose
+    own cost is small, so the end-to-end figure is mostly the server's; None without Go."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    binary = workdir / "serve_client"
+    subprocess.run(
+        [go, "build", "-o", str(binary), "."], cwd=ROOT / "benchmarks" / "serve_client", check=True
+    )
+    return binary
+
+
+def native_run(
+    binary: Path, url: str, body: Path, header_length: int, requests: int, clients: int
+) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms, requests/s) of the Go client's binary REST requests."""
+    command = [str(binary), "-url", url, "-body", str(body), "-header-length", str(header_length)]
+    command += ["-requests", str(requests), "-clients", str(clients)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    out = json.loads(done.stdout)
+    if out["errors"]:
+        raise SystemExit(f"the Go client got {out['errors']} errors")
+    return out["p50_ms"], out["p99_ms"], out["per_s"]
+
+
 def p50_p99(values: list[float]) -> tuple[float, float]:
     ordered = sorted(values)
     return 1000 * statistics.median(ordered), 1000 * ordered[
@@ -193,6 +223,36 @@ def start_server(
             time.sleep(0.3)
 
 
+Row = tuple[str, float, float, float, dict[str, dict[str, int]], dict[str, dict[str, int]]]
+
+
+def native_rows(
+    binary: Path,
+    workdir: Path,
+    base: str,
+    url: str,
+    feeds: dict[str, np.ndarray],
+    outputs: list[str],
+    requests: int,
+) -> list[Row]:
+    """Binary REST from the Go client: one at a time, then 8 and 32 clients."""
+    body, headers = binary_body(feeds, outputs)
+    body_file = workdir / "body.bin"
+    body_file.write_bytes(body)
+    length = int(headers["Inference-Header-Content-Length"])
+    model = url.rsplit("/", 2)[-2]
+    rows: list[Row] = []
+    for clients in (1, 8, 32):
+        before = server_stats(base, model)
+        p50, p99, rate = native_run(
+            binary, url, body_file, length, max(requests, 2 * clients), clients
+        )
+        after = server_stats(base, model)
+        how = "batch 1, one at a time" if clients == 1 else f"{clients} clients"
+        rows.append((f"binary REST (Go client), {how}", p50, p99, rate, before, after))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", nargs="?", type=Path, default=ROOT / "out" / "lipsync")
@@ -228,7 +288,11 @@ def main() -> int:
         "gRPC": grpc_call(f"127.0.0.1:{grpc_port}", model.metadata.name, feeds),
     }
     rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="kiln-serve-bench-"))
+    binary = native_client(workdir)
     try:
+        if binary is not None:
+            rows += native_rows(binary, workdir, base, url, feeds, spec.outputs, args.requests)
         for label, make in paths.items():
             before = server_stats(base, model.metadata.name)
             s50, s99 = p50_p99(sequential(make, args.requests))
@@ -239,11 +303,12 @@ def main() -> int:
                 times, rate = concurrent(make, clients, max(args.requests, 2 * clients))
                 after = server_stats(base, model.metadata.name)
                 c50, c99 = p50_p99(times)
-                label_c = f"{label}, {clients} clients, batching"
+                label_c = f"{label}, {clients} clients"
                 rows.append((label_c, c50, c99, rate, before, after))
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
 
     size = len(json_body(feeds)) / 1e6
     print(
@@ -251,18 +316,18 @@ def main() -> int:
         f"{size:.1f} MB as JSON, {sum(a.nbytes for a in feeds.values()) / 1e6:.1f} MB binary"
     )
     print(
-        f"{'path':<38} {'p50 ms':>9} {'p99 ms':>9} {'x engine p50':>13} {'samples/s':>10} "
+        f"{'path':<48} {'p50 ms':>9} {'p99 ms':>9} {'x engine p50':>13} {'samples/s':>10} "
         f"{'x engine /s':>12} {'server ms':>10} {'compute ms':>11} {'overhead us':>12}"
     )
     rate = 1000 / r50
     print(
-        f"{'engine alone, batch 1':<38} {r50:>9.2f} {alone.latency_ms.p99:>9.2f} {1.0:>13.2f} "
+        f"{'engine alone, batch 1':<48} {r50:>9.2f} {alone.latency_ms.p99:>9.2f} {1.0:>13.2f} "
         f"{rate:>10.1f} {1.0:>12.2f}"
     )
     for label, p50, p99, throughput, before, after in rows:
         in_server, compute, overhead = server_side(before, after)
         print(
-            f"{label:<38} {p50:>9.2f} {p99:>9.2f} {p50 / r50:>13.2f} {throughput:>10.1f} "
+            f"{label:<48} {p50:>9.2f} {p99:>9.2f} {p50 / r50:>13.2f} {throughput:>10.1f} "
             f"{throughput / rate:>12.2f} {in_server:>10.2f} {compute:>11.2f} {overhead:>12.0f}"
         )
     return 0

@@ -1,0 +1,3 @@
+module kiln.dev/benchmarks/serve_client
+
+go 1.24.0
