@@ -7,7 +7,8 @@ RESOURCES resources, a seeded mix of four kinds:
 - `bad`: a source that is no model, a designed bad input: Failed, its export Job failed once.
 Meanwhile the operator is SIGKILLed OPERATOR_KILLS times at random moments (and restarted as a
 kubelet would), and up to POD_KILLS builder processes are SIGKILLed mid-run (at most one per
-Job, so no Job exhausts its backoffLimit on kills alone; fewer when the builds end first).
+Job, so no Job exhausts its backoffLimit on kills alone; at least one, fewer than POD_KILLS when
+the builds end first).
 
 At the end: every resource Ready (or Failed for the bad input), 0 duplicate Jobs per request,
 Jobs = distinct requests, 0 lost results (each built target's result is in storage with a
@@ -118,13 +119,16 @@ def builder_processes(executor_work: Path) -> dict[str, int]:
 
 
 class Chaos:
-    """Kills at seeded random moments, one every 2-8 s, logged with their time."""
+    """Kills at seeded random moments, logged with their time: the operator every 2-8 s; a
+    builder 1-4 s after the last builder kill, at the first moment one is running (builds are
+    the scarcer chance: all of them may be over within half a minute)."""
 
     def __init__(self, op: Restarting, cluster: ClusterInfo, rng: random.Random) -> None:
         self.op, self.rng = op, rng
         self.work = cluster.root / "executor"
         self.started = time.monotonic()
-        self.next_at = self.started + rng.uniform(3, 12)
+        self.next_operator = self.started + rng.uniform(2, 8)
+        self.next_builder = self.started + rng.uniform(1, 4)
         self.operator_kills = 0
         self.pod_kills = 0
         self.jobs_hit: set[str] = set()
@@ -132,20 +136,20 @@ class Chaos:
 
     def tick(self) -> None:
         self.op.check_alive()
-        if time.monotonic() < self.next_at:
-            return
-        self.next_at = time.monotonic() + self.rng.uniform(2, 8)
-        operator_due = self.operator_kills < OPERATOR_KILLS
-        pod = self.pod_kills < POD_KILLS and (not operator_due or self.rng.random() < 0.4)
-        # With no builder running (all built already), the operator is killed instead.
-        if not (pod and self._kill_a_builder()) and operator_due:
+        now = time.monotonic()
+        if self.pod_kills < POD_KILLS and now >= self.next_builder and self._kill_a_builder():
+            self.next_builder = now + self.rng.uniform(1, 4)
+        if self.operator_kills < OPERATOR_KILLS and now >= self.next_operator:
+            self.next_operator = now + self.rng.uniform(2, 8)
             self.op.kill()
             self.operator_kills += 1
             self._note("SIGKILL operator")
 
     def _kill_a_builder(self) -> bool:
-        core = client.CoreV1Api(self.op.api())
         running = builder_processes(self.work)
+        if not running:
+            return False
+        core = client.CoreV1Api(self.op.api())
         pods = {p.metadata.uid: p for p in core.list_pod_for_all_namespaces().items}
         for uid, pid in sorted(running.items()):
             pod = pods.get(uid)
