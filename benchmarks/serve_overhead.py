@@ -36,6 +36,7 @@ import numpy as np
 from kiln.api.spec import Benchmark
 from kiln.builder.benchmark import measure_alone
 from kiln.serve.loading import check_servable, from_output_dir, open_runner, pick_target
+from kiln.serve.stats import breakdown
 from kiln.storage.objects import parse_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,20 +142,6 @@ def server_stats(base: str, model: str) -> dict[str, dict[str, int]]:
         "model_stats"
     ][0]["inference_stats"]
     return stats
-
-
-def server_side(
-    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
-) -> tuple[float, float, float]:
-    """(server ms, compute ms, overhead µs) per request between two reads of the statistics."""
-
-    def mean_ns(stage: str) -> float:
-        count = after[stage]["count"] - before[stage]["count"]
-        return (after[stage]["ns"] - before[stage]["ns"]) / count if count else 0.0
-
-    compute = sum(mean_ns(s) for s in ("compute_input", "compute_infer", "compute_output"))
-    total = mean_ns("success")
-    return total / 1e6, compute / 1e6, (total - compute - mean_ns("queue")) / 1e3
 
 
 def native_client(workdir: Path) -> Path | None:
@@ -325,10 +312,16 @@ def main() -> int:
         f"{rate:>10.1f} {1.0:>12.2f}"
     )
     for label, p50, p99, throughput, before, after in rows:
-        in_server, compute, overhead = server_side(before, after)
+        seen = breakdown(after, before)
+        server_ms, compute_ms, overhead_us = (
+            (seen.server_ns / 1e6, seen.compute_ns / 1e6, seen.overhead_ns / 1e3)
+            if seen is not None
+            else (float("nan"),) * 3
+        )
         print(
             f"{label:<48} {p50:>9.2f} {p99:>9.2f} {p50 / r50:>13.2f} {throughput:>10.1f} "
-            f"{throughput / rate:>12.2f} {in_server:>10.2f} {compute:>11.2f} {overhead:>12.0f}"
+            f"{throughput / rate:>12.2f} {server_ms:>10.2f} {compute_ms:>11.2f} "
+            f"{overhead_us:>12.0f}"
         )
     return 0
 

@@ -6,12 +6,12 @@ import numpy as np
 
 from kiln.runtime.base import Array, Feeds
 from kiln.serve.batching import Batcher
-from kiln.serve.stats import BatchTimes, Statistics, overhead_us
+from kiln.serve.stats import BatchTimes, Statistics, breakdown
 
 
 def test_a_batch_counts_once_per_request_and_the_rest_is_overhead() -> None:
     stats = Statistics()
-    assert overhead_us(stats.model_stats("m", "v")) is None
+    assert breakdown(stats.model_stats("m", "v")["inference_stats"]) is None
     # Two requests in one batch of 3 samples: queued 1 ms and 3 ms, compute 2+10+1 ms.
     stats.executed(BatchTimes(3, 2, [1_000_000, 3_000_000], 2_000_000, 10_000_000, 1_000_000))
     stats.finished(20_000_000, ok=True)
@@ -23,7 +23,14 @@ def test_a_batch_counts_once_per_request_and_the_rest_is_overhead() -> None:
     assert s["compute_infer"] == {"count": 2, "ns": 20_000_000}
     assert wire["batch_stats"][0]["compute_infer"] == {"count": 1, "ns": 10_000_000}
     # per request: 21 ms in the server - (2 queue + 2 + 10 + 1 compute) = 6 ms of its own
-    assert overhead_us(wire) == 6000.0
+    every = breakdown(s)
+    assert every is not None
+    assert every.overhead_ns / 1000 == 6000.0
+    # Between two reads, only what happened in between counts.
+    stats.executed(BatchTimes(1, 1, [0], 0, 4_000_000, 0))
+    stats.finished(5_000_000, ok=True)
+    later = breakdown(stats.model_stats("m", "v")["inference_stats"], s)
+    assert later == type(every)(5_000_000, 4_000_000, 1_000_000)
 
 
 def test_the_batcher_reports_queue_and_compute_times() -> None:

@@ -85,7 +85,7 @@ class Batcher:
         while True:
             first = carry or await self._queue.get()
             group, carry = await self._gather(loop, first)
-            await self._execute(loop, group, sum(p.size for p in group))
+            await self._execute(loop, group)
 
     async def _gather(
         self, loop: asyncio.AbstractEventLoop, first: _Pending
@@ -111,14 +111,17 @@ class Batcher:
             total += item.size
         return group, None
 
-    async def _execute(
-        self, loop: asyncio.AbstractEventLoop, group: list[_Pending], total: int
-    ) -> None:
+    async def _execute(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
         started = time.perf_counter_ns()
         try:
             parts, timed = await loop.run_in_executor(self._executor, self._run_batch, group)
             self.on_batch(
-                BatchTimes(total, len(group), [started - p.queued_ns for p in group], *timed)
+                BatchTimes(
+                    sum(p.size for p in group),
+                    len(group),
+                    [started - p.queued_ns for p in group],
+                    *timed,
+                )
             )
             for pending, part in zip(group, parts, strict=True):
                 if not pending.future.done():

@@ -104,17 +104,30 @@ class Statistics:
             }
 
 
-def overhead_us(stats: dict[str, Any]) -> float | None:
-    """The server's own cost per successful request, in µs: its time minus queueing and
-    compute (perf_analyzer's "Server: Overhead"); None before any request."""
-    s = stats["inference_stats"]
-    count = int(s["success"]["count"])
-    if not count:
-        return None
+COMPUTE = ("compute_input", "compute_infer", "compute_output")
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Means per successful request, in ns: the server's time, of it the compute, and what is
+    left besides queueing and compute, its overhead (perf_analyzer's "Server: Overhead")."""
+
+    server_ns: float
+    compute_ns: float
+    overhead_ns: float
+
+
+def breakdown(after: dict[str, Any], before: dict[str, Any] | None = None) -> Breakdown | None:
+    """From an entry's `inference_stats`, or from what changed since the read `before`;
+    None when no request succeeded in between."""
 
     def mean(stage: str) -> float:
-        n = int(s[stage]["count"])
-        return int(s[stage]["ns"]) / n if n else 0.0
+        count = int(after[stage]["count"]) - (int(before[stage]["count"]) if before else 0)
+        spent = int(after[stage]["ns"]) - (int(before[stage]["ns"]) if before else 0)
+        return spent / count if count else 0.0
 
-    spent = sum(mean(st) for st in ("queue", "compute_input", "compute_infer", "compute_output"))
-    return (mean("success") - spent) / 1000.0
+    succeeded = int(after["success"]["count"]) - (int(before["success"]["count"]) if before else 0)
+    if not succeeded:
+        return None
+    server, compute = mean("success"), sum(mean(stage) for stage in COMPUTE)
+    return Breakdown(server, compute, server - compute - mean("queue"))
