@@ -24,6 +24,12 @@ class Pki:
     sa_key: Path
     sa_pub: Path
 
+    @classmethod
+    def at(cls, folder: Path) -> Pki:
+        """Where `generate` writes each file in `folder`."""
+        names = ("ca.crt", "server.crt", "server.key", "admin.crt", "admin.key", "sa.key", "sa.pub")
+        return cls(*(folder / name for name in names))
+
 
 def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -97,15 +103,7 @@ def generate(folder: Path) -> Pki:
         ca_key,
     )
     sa_key = _key()
-    pki = Pki(
-        folder / "ca.crt",
-        folder / "server.crt",
-        folder / "server.key",
-        folder / "admin.crt",
-        folder / "admin.key",
-        folder / "sa.key",
-        folder / "sa.pub",
-    )
+    pki = Pki.at(folder)
     pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pki.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
     _write_key(server_key, pki.server_key)

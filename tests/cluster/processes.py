@@ -110,43 +110,43 @@ def stop_recorded(state_file: Path, procs: list[dict[str, object]] | None = None
         if not state_file.exists():
             return []
         procs = json.loads(state_file.read_text())
-    stopped: list[str] = []
-    for proc in reversed(procs):
-        pid = int(str(proc["pid"]))
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        stopped.append(str(proc["component"]))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+    stopped = [str(p["component"]) for p in reversed(procs) if _stop(int(str(p["pid"])))]
     state_file.unlink(missing_ok=True)
     return stopped
 
 
-def restart_recorded(state_file: Path, component: str, pause: float = 0.0) -> Proc:
+def _stop(pid: int) -> bool:
+    """SIGTERM the process group, SIGKILL it after 10 s; False if it was already gone."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def restart_recorded(
+    state_file: Path,
+    component: str,
+    ready: Callable[[], bool],
+    timeout: float,
+    pause: float = 0.0,
+) -> Proc:
     """Stop one recorded component (SIGTERM to its group, as a node's shutdown sends), wait
-    `pause` seconds, and start the same command again, appending to its log; the state file
-    then records the new process, so `down` still stops everything."""
-    procs = [Proc(**p) for p in json.loads(state_file.read_text())]
-    old = next(p for p in procs if p.component == component)
-    stop_recorded(state_file.with_suffix(".restart"), [asdict(old)])
+    `pause` seconds, start the same command again (its log appended to) and wait until
+    `ready`; the state file then records the new process, so `down` still stops everything."""
+    sup = Supervisor(state_file, resume=True)
+    old = next(p for p in sup.procs if p.component == component)
+    _stop(old.pid)
+    sup.procs.remove(old)
     time.sleep(pause)
-    with Path(old.log).open("ab") as out:
-        popen = subprocess.Popen(
-            old.command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    new = Proc(component, popen.pid, old.log, old.command)
-    procs = [new if p is old else p for p in procs]
-    state_file.write_text(json.dumps([asdict(p) for p in procs], indent=2))
+    new = sup.start(component, old.command, Path(old.log))
+    sup.wait_ready(new, ready, timeout)
     return new
 
 

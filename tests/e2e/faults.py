@@ -69,8 +69,9 @@ def ledger(api: Any, namespaces: list[str]) -> Ledger:
             m["metadata"]["uid"]
             for m in custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
         }
+        job_list = batch.list_namespaced_job(ns).items
         children = [
-            *batch.list_namespaced_job(ns).items,
+            *job_list,
             *apps.list_namespaced_deployment(ns).items,
             *core.list_namespaced_service(ns).items,
             *core.list_namespaced_config_map(
@@ -81,7 +82,7 @@ def ledger(api: Any, namespaces: list[str]) -> Ledger:
             owners = {r.uid for r in child.metadata.owner_references or [] if r.controller}
             if not owners & live:
                 orphans.append(f"{ns}/{child.kind or type(child).__name__}/{child.metadata.name}")
-        for job in batch.list_namespaced_job(ns).items:
+        for job in job_list:
             owner = next(r.name for r in job.metadata.owner_references or [] if r.controller)
             key = (job.metadata.annotations or {}).get(REQUEST_ANNOTATION, "?")
             jobs[(ns, owner, key)] += 1

@@ -181,8 +181,10 @@ def resource(name: str, ns: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def apply(op: Operator, document: dict[str, Any]) -> None:
-    kubectl(op.cluster, "apply", "-f", "-", stdin=json.dumps(document))
+def apply(op: Operator, *documents: dict[str, Any]) -> None:
+    """`kubectl apply` of the documents, in one request (a List)."""
+    body = {"apiVersion": "v1", "kind": "List", "items": list(documents)}
+    kubectl(op.cluster, "apply", "-f", "-", stdin=json.dumps(body))
 
 
 def namespace(op: Operator, prefix: str) -> str:

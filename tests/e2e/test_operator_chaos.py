@@ -38,6 +38,7 @@ from tests.cluster.cluster import ClusterInfo, s3_client
 from tests.conftest import FAST_BENCHMARK
 from tests.e2e.faults import Ledger, Restarting, ledger
 from tests.e2e.test_operator import (
+    apply,
     conditions,
     describe,
     namespace,
@@ -48,12 +49,11 @@ from tests.e2e.test_operator import (
 )
 from tests.e2e.test_operator_faults import (
     TWO_TARGETS,
-    kubectl_apply,
     start_operator,
     stopped,
 )
 from tests.faults.figures import report
-from tests.fixtures.artifacts import check_manifests, folders
+from tests.fixtures.artifacts import check_manifests, folders, published
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 RESOURCES = int(os.environ.get("KILN_CHAOS_RESOURCES", "8"))
@@ -132,7 +132,6 @@ class Chaos:
         self.operator_kills = 0
         self.pod_kills = 0
         self.jobs_hit: set[str] = set()
-        self.log: list[str] = []
 
     def tick(self) -> None:
         self.op.check_alive()
@@ -166,9 +165,7 @@ class Chaos:
         return False
 
     def _note(self, what: str) -> None:
-        line = f"t={time.monotonic() - self.started:6.1f}s {what}"
-        self.log.append(line)
-        print(line, flush=True)
+        print(f"t={time.monotonic() - self.started:6.1f}s {what}", flush=True)
 
     @property
     def done(self) -> bool:
@@ -199,13 +196,13 @@ def test_chaos_kills_lose_nothing_and_duplicate_no_job(
 
 def _chaos_run(op: Restarting, cluster: ClusterInfo, rng: random.Random, tmp: Path) -> None:
     seed_ns = namespace(op, "chaos-seed")  # the stored results the `stored` kind reuses
-    kubectl_apply(op, resource("seed", seed_ns))
+    apply(op, resource("seed", seed_ns))
     wait_status(op, seed_ns, "seed", ready(), "the seed Ready", 900)
 
     ns = namespace(op, "chaos")
     planned = plan(rng, RESOURCES)
     print("mix: " + ", ".join(f"{p.name}" for p in planned))
-    kubectl_apply(op, *(resource(p.name, ns, **p.spec) for p in planned))
+    apply(op, *(resource(p.name, ns, **p.spec) for p in planned))
     chaos = Chaos(op, cluster, rng)
     deadline = time.monotonic() + 1800
     pending = list(planned)
@@ -248,9 +245,7 @@ def _lost_results(op: Restarting, ns: str, planned: list[Planned]) -> list[str]:
         for target in status_of(op, ns, p.name)["targets"]:
             if target["state"] != "OK":  # a simulated GPU's target is SKIPPED: no result
                 continue
-            # s3://kiln/artifacts/<request key>/result.json
-            folder = (target.get("result") or "").removeprefix("s3://kiln/").rsplit("/", 1)[0]
-            if "manifest.json" not in stored.get(folder, {}):
+            if not published(stored, target.get("result") or "", op.cluster.bucket):
                 lost.append(f"{p.name}/{target['name']}")
     return lost
 

@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -34,13 +33,13 @@ from tests.cluster.cluster import ClusterInfo, s3_client, with_repo_on_path
 from tests.cluster.install import (
     OPERATOR_NAMESPACE,
     install,
-    kubectl,
     operator_command,
     s3_secret,
 )
 from tests.conftest import FAST_BENCHMARK
 from tests.e2e.faults import Restarting, ledger
 from tests.e2e.test_operator import (
+    apply,
     conditions,
     describe,
     job_names,
@@ -52,7 +51,7 @@ from tests.e2e.test_operator import (
 )
 from tests.faults.figures import report
 from tests.faults.tcp_outage import TcpOutage
-from tests.fixtures.artifacts import check_manifests, folders
+from tests.fixtures.artifacts import check_manifests, folders, published
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 OUTAGE_SECONDS = 20.0
@@ -137,17 +136,17 @@ def _outage_run(op: Restarting, outage: TcpOutage) -> None:
         return {"artifacts": {"uri": f"s3://kiln/{root}", "credentialsSecret": "kiln-s3"}}
 
     control_ns = namespace(op, "steady")
-    kubectl_apply(op, resource("steady", control_ns, **spec, **artifacts("steady")))
+    apply(op, resource("steady", control_ns, **spec, **artifacts("steady")))
     control = wait_status(op, control_ns, "steady", ready(), "the control run Ready", 600)
 
     ns = namespace(op, "outage")
     outage.trip_on(b"PUT ")
-    kubectl_apply(op, resource("outage", ns, **spec, **artifacts("outage")))
+    apply(op, resource("outage", ns, **spec, **artifacts("outage")))
     degraded: list[str] = []
     for stage in ("export", "build"):
         if stage == "build":
             built = _noting(lambda _: any("-build-" in j for j in job_names(op, ns)), degraded)
-            wait_for(op, partial(_seen_by, built, op, ns), 300, "a build Job")
+            wait_status(op, ns, "outage", built, "a build Job", 300)
             outage.trip_on(b"PUT ")
         assert outage.tripped.wait(300), f"no upload of the {stage} Job reached S3"
         down_at = time.monotonic()
@@ -174,8 +173,8 @@ def _outage_run(op: Restarting, outage: TcpOutage) -> None:
     half = check_manifests(stored)  # every manifest matches its files
     results = [t["result"] for t in status["targets"] if t.get("result")]
     assert len(results) == 1  # the CPU target's (the simulated GPU's is SKIPPED)
-    for uri in results:  # s3://kiln/outage/<request key>/result.json
-        assert "manifest.json" in stored[uri.removeprefix("s3://kiln/").rsplit("/", 1)[0]]
+    for uri in results:
+        assert published(stored, uri, op.cluster.bucket), uri
     print(f"Pods by exit code {dict(books.pod_exits)}; half-written folders left: {half}")
     report(
         "S3 down mid-upload of the export Job, then of a build Job",
@@ -205,27 +204,8 @@ def _noting(
     return check
 
 
-def _seen_by(check: Callable[[dict[str, Any]], bool], op: Restarting, ns: str) -> bool:
-    return check(status_of(op, ns, "outage"))
-
-
 def _calibration(samples: int) -> dict[str, Any]:
     return {"uri": "s3://kiln/models/tiny/calibration", "samples": samples, "method": "minmax"}
-
-
-def kubectl_apply(op: Restarting, *documents: dict[str, Any]) -> None:
-    import json
-
-    body = {"apiVersion": "v1", "kind": "List", "items": list(documents)}
-    kubectl(op.cluster, "apply", "-f", "-", stdin=json.dumps(body))
-
-
-def wait_for(op: Restarting, check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        op.check_alive()
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        time.sleep(0.5)
 
 
 def test_a_burst_rides_out_an_api_server_restart_409s_and_410s(
@@ -247,7 +227,7 @@ def test_a_burst_rides_out_an_api_server_restart_409s_and_410s(
 def _burst_run(op: Restarting, cluster: ClusterInfo, faults: Path) -> None:
     # The stored spec first (built here when this module runs alone): the burst reuses it.
     seed = namespace(op, "seed")
-    kubectl_apply(op, resource("seed", seed))
+    apply(op, resource("seed", seed))
     wait_status(op, seed, "seed", ready(), "the seed Ready", 900)
     ns = namespace(op, "burst")
     building = {"targets": TWO_TARGETS, "benchmark": FAST_BENCHMARK}
@@ -255,7 +235,7 @@ def _burst_run(op: Restarting, cluster: ClusterInfo, faults: Path) -> None:
         resource(f"burst-{i:02d}", ns, **_unique(building, i) if i < BUILDING else {})
         for i in range(BURST)
     ]
-    kubectl_apply(op, *documents)
+    apply(op, *documents)
     down = cluster.restart_apiserver(pause=2.0)
     print(f"\nAPI server restarted mid-burst: unreachable for {down:.1f}s")
     for document in documents:

@@ -27,7 +27,6 @@ class TcpOutage:
         with socket.socket() as probe:  # a free port, kept across down() and up()
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]
-        self.outages = 0
         self._trip: bytes | None = None
         self.tripped = threading.Event()
         self.tripped_on = ""  # the request line that took it down
@@ -55,7 +54,6 @@ class TcpOutage:
             open_now, self._open = self._open, set()
         for conn in open_now:
             _reset(conn)
-        self.outages += 1
 
     def trip_on(self, method: bytes) -> None:
         """Go down in the middle of the next request that starts with `method` (b"PUT "),
