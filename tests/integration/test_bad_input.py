@@ -296,3 +296,27 @@ def test_a_batch_size_the_exported_program_cannot_take(tiny: TinyExample) -> Non
         source={"uri": "capped.pt2"}, batchSizes=[1, 128], precisions=["fp32"], calibration=None
     )
     fails_with(tiny, spec, "spec.batchSizes: the model does not accept batch size 128")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--kubeconfig", "/nonexistent/kubeconfig"], "/nonexistent/kubeconfig: not a usable"),
+        ([], "--kubeconfig: no cluster credentials: not in a pod"),
+    ],
+)
+def test_an_operator_with_no_cluster_to_talk_to_says_so_in_one_line(
+    args: list[str], expected: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Outside a pod, with no kubeconfig anywhere: the operator image started by hand, say.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    # the client library reads ~/.kube/config's location once, when first imported
+    from kubernetes.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "none"))
+    result = CliRunner().invoke(app, ["operator", *args], catch_exceptions=False)
+    assert result.exit_code == 2, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
+    assert line.startswith(f"error: {expected}"), line

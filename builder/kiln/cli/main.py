@@ -357,7 +357,10 @@ def run_operator(
     leader = LeaderElection.scaled(
         lease_namespace, lease_name, identity or default_identity(), lease_seconds
     )
-    context = build_context(config, kubeconfig)
+    try:
+        context = build_context(config, kubeconfig)
+    except KilnError as exc:
+        _fail(exc)
     run(context, namespace or (), liveness, log_json, leader if leader_election else None)
 
 

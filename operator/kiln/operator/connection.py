@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kiln.api.errors import KilnInputError
+
 
 def load_configuration(kubeconfig: Path | None) -> Any:
     """A fresh `kubernetes.client.Configuration`: the given kubeconfig, else in-cluster
@@ -18,14 +20,29 @@ def load_configuration(kubeconfig: Path | None) -> Any:
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    if kubeconfig is not None:
-        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-        return configuration
     try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
+        if kubeconfig is not None:
+            config.load_kube_config(
+                config_file=str(kubeconfig), client_configuration=configuration
+            )
+            return configuration
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    except (config.ConfigException, OSError) as exc:
+        # No cluster to talk to is a setup error, permanent until someone fixes it: one line
+        # and exit 2, not a traceback (`kiln operator` started outside a pod, say).
+        if kubeconfig is not None:
+            raise KilnInputError(str(kubeconfig), f"not a usable kubeconfig ({exc})") from exc
+        raise KilnInputError("--kubeconfig", f"no cluster credentials: {NO_CLUSTER}") from exc
     return configuration
+
+
+NO_CLUSTER = (
+    "not in a pod (no ServiceAccount) and no kubeconfig found "
+    "(give --kubeconfig, or set $KUBECONFIG, or write ~/.kube/config)"
+)
 
 
 def bearer(configuration: Any) -> tuple[str | None, str | None]:
