@@ -56,7 +56,7 @@ def test_gpu_target_runs_every_available_candidate(tiny: TinyExample) -> None:
 
 
 def test_tensorrt_build_failure_is_reported_not_fatal(tmp_path: Path) -> None:
-    pytest.importorskip("tensorrt", reason="tensorrt is not installed (kiln[gpu])")
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed (kiln[tensorrt])")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     proc = subprocess.run(

@@ -45,7 +45,7 @@ class Capabilities:
             trt_reason = ""
         except Exception as exc:  # ImportError, or a stub that fails on import
             trt_version = None
-            trt_reason = f"tensorrt is not installed ({type(exc).__name__}); install kiln[gpu]"
+            trt_reason = f"tensorrt is not installed ({type(exc).__name__}); install kiln[tensorrt]"
         return Capabilities(
             cuda_device=device,
             cuda_reason=reason,
