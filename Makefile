@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= builder,cpu,serve,operator,dev
 
 .PHONY: setup demo test lint typecheck contracts unit clean cluster-bin cluster-up cluster-down \
-	dev-up dev-down browser gpu-kit
+	dev-up dev-down browser gpu-kit images container-tools
 
 setup: $(STAMP)
 
@@ -64,8 +64,31 @@ browser:
 	    || echo "note: could not install chromium; the browser test will be SKIPPED"; \
 	  else echo "note: no chromium (install it to run the browser test)"; fi; }
 
+# buildah and debootstrap, for building and running the images without a Docker engine:
+# installed from Debian's packages where this runs as root with apt-get and no engine answers;
+# elsewhere the image tests say SKIPPED.
+container-tools:
+	@docker info >/dev/null 2>&1 || command -v buildah >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends buildah debootstrap >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 \
+	         && apt-get install -y -q --no-install-recommends buildah debootstrap >/dev/null 2>&1; } \
+	    || echo "note: could not install buildah; the image tests will be SKIPPED"; \
+	  else echo "note: no docker engine or buildah (install one to build the images)"; fi; }
+
+# The images (Dockerfile targets operator, builder, builder-gpu), tagged kiln-<target>:VERSION.
+# IMAGE_BASE=auto|registry|debootstrap, TENSORRT=auto|yes|no, REGISTRY=host/org to push.
+IMAGE_TARGETS ?= operator builder builder-gpu
+IMAGE_BASE    ?= auto
+TENSORRT      ?= auto
+REGISTRY      ?=
+images: $(STAMP) container-tools
+	$(BIN)/python -m tests.images build --targets $(IMAGE_TARGETS) --base $(IMAGE_BASE) \
+	  --tensorrt $(TENSORRT) --registry '$(REGISTRY)'
+
 # Every tier that needs no GPU; GPU tests report SKIPPED with their reason.
-test: lint typecheck contracts cluster-bin browser
+test: lint typecheck contracts cluster-bin browser container-tools
 	$(BIN)/pytest
 
 # What a lent GPU machine lacks to run Kiln (tests/gpu/README.md): .gpu-kit/, git-ignored.

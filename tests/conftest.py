@@ -188,3 +188,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield info
     finally:
         local_cluster.down(root)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    """The container tool that builds and runs Kiln's images (tests/images/engine.py):
+    docker, or buildah installed from Debian's packages where possible; else SKIPPED."""
+    from tests.images.engine import NoEngineError, find_engine
+
+    try:
+        return find_engine()
+    except NoEngineError as exc:
+        pytest.skip(f"no container tool: {exc}")
