@@ -21,12 +21,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from tests.images.run import Container
 
 T = TypeVar("T")
 
 SELECTOR = "kiln.dev/component=builder"
 FALLBACK_BYTES = 2048  # what Kubernetes keeps of a log as a termination message fallback
+
+
+# Pods naming an image of this machine's own store (`make images` builds them; no real
+# cluster pulls a `localhost/` name) run in that image instead of in the working tree.
+LOCAL_PREFIX = "localhost/"
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class Launch:
     env: dict[str, str]
     termination_path: Path
     fallback_to_logs: bool
+    container: Container | None = None  # set when the pod runs in its image
 
 
 def rewrite(value: str, mounts: dict[str, Path]) -> str:
@@ -84,6 +93,21 @@ def launch(
     termination = folder / "termination-log"
     # The container's termination message file is redirected like a mount.
     mounts[container.get("terminationMessagePath", "/dev/termination-log")] = termination
+    env = {k: rewrite(v, mounts) for k, v in container_env(container, configmaps, secrets).items()}
+    argv = [rewrite(a, mounts) for a in [*container.get("command", []), *container.get("args", [])]]
+    if argv and "/" not in argv[0] and (venv_bin / argv[0]).exists():
+        argv[0] = str(venv_bin / argv[0])  # the project's own `kiln`, as the image would have it
+    return Launch(
+        argv, env, termination, container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+    )
+
+
+def container_env(
+    container: dict[str, Any],
+    configmaps: dict[str, dict[str, str]],
+    secrets: dict[str, dict[str, str]],
+) -> dict[str, str]:
+    """The container's environment: envFrom sources first, then `env` items over them."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "secretRef" in source:
@@ -97,13 +121,50 @@ def launch(
             env[item["name"]] = secrets.get(ref["name"], {}).get(ref["key"], "")
         elif ref := item.get("valueFrom", {}).get("configMapKeyRef"):
             env[item["name"]] = configmaps.get(ref["name"], {}).get(ref["key"], "")
-    env = {k: rewrite(v, mounts) for k, v in env.items()}
-    argv = [rewrite(a, mounts) for a in [*container.get("command", []), *container.get("args", [])]]
-    if argv and "/" not in argv[0] and (venv_bin / argv[0]).exists():
-        argv[0] = str(venv_bin / argv[0])  # the project's own `kiln`, as the image would have it
-    return Launch(
-        argv, env, termination, container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+    return env
+
+
+def in_image(
+    pod: dict[str, Any],
+    folder: Path,
+    configmaps: dict[str, dict[str, str]],
+    secrets: dict[str, dict[str, str]],
+) -> Launch:
+    """The pod's (first) container as a run of its own image: volumes bind-mounted at their
+    mount paths and the termination message file where the container writes it, so no path
+    is rewritten; the image's entrypoint, user and working directory apply."""
+    from tests.images.run import Container
+
+    container = pod["spec"]["containers"][0]
+    mounts = materialise(pod, container, folder, configmaps, secrets)
+    for local in mounts.values():
+        local.chmod(0o777)  # like a kubelet's emptyDir: writable by the image's own user
+    termination = folder / "termination-log"
+    termination.touch()
+    termination.chmod(0o666)
+    mounts[container.get("terminationMessagePath", "/dev/termination-log")] = termination
+    run = Container(
+        image=container["image"],
+        command=list(container.get("command", [])),
+        args=list(container.get("args", [])),
+        env=container_env(container, configmaps, secrets),
+        mounts=mounts,
+        workdir=container.get("workingDir", ""),
     )
+    fallback = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+    return Launch([*run.command, *run.args], run.env, termination, fallback, run)
+
+
+def root_refused(pod: dict[str, Any], image_user: str) -> str | None:
+    """A kubelet's check of `runAsNonRoot` against the user the container would run as (the
+    container's or pod's `runAsUser`, else the image's)."""
+    container = pod["spec"]["containers"][0]
+    contexts = [container.get("securityContext") or {}, pod["spec"].get("securityContext") or {}]
+    non_root = next((c["runAsNonRoot"] for c in contexts if "runAsNonRoot" in c), False)
+    user = next((str(c["runAsUser"]) for c in contexts if "runAsUser" in c), image_user)
+    if non_root and user.split(":")[0] in ("", "0", "root"):
+        return f"container has runAsNonRoot and image will run as root (user {user or '0'!r})"
+    return None
 
 
 def finished_status(
@@ -221,8 +282,24 @@ class Executor:
         folder.mkdir(parents=True, exist_ok=True)
         started = _now()
         configmaps, secrets = self._refs(pod)
-        spec = launch(pod, folder, configmaps, secrets, self.venv_bin)
         log = folder / "container.log"
+        if pod["spec"]["containers"][0].get("image", "").startswith(LOCAL_PREFIX):
+            spec = in_image(pod, folder, configmaps, secrets)
+            code = self._run_in_image(pod, spec, log)
+        else:
+            spec = launch(pod, folder, configmaps, secrets, self.venv_bin)
+            code = self._run_in_tree(spec, folder, log)
+        message = spec.termination_path.read_text() if spec.termination_path.exists() else ""
+        if not message and code != 0 and spec.fallback_to_logs:
+            message = log.read_bytes()[-FALLBACK_BYTES:].decode(errors="replace")
+        status = finished_status(pod, code, message, started, _now())
+        name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+        _retried(
+            lambda: self.core.patch_namespaced_pod_status(name, namespace, {"status": status}),
+            f"finish pod {namespace}/{name}",
+        )
+
+    def _run_in_tree(self, spec: Launch, folder: Path, log: Path) -> int:
         env = {**os.environ, **spec.env}
         env.pop("KUBECONFIG", None)  # builders never talk to the API server
         try:
@@ -238,17 +315,31 @@ class Executor:
         except OSError as exc:
             code = 127
             log.write_text(f"cannot run {spec.argv[:1]}: {exc}\n")
-        if code < 0:  # killed by a signal: a container runtime reports 128 + its number
-            code = 128 - code
-        message = spec.termination_path.read_text() if spec.termination_path.exists() else ""
-        if not message and code != 0 and spec.fallback_to_logs:
-            message = log.read_bytes()[-FALLBACK_BYTES:].decode(errors="replace")
-        status = finished_status(pod, code, message, started, _now())
-        name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
-        _retried(
-            lambda: self.core.patch_namespaced_pod_status(name, namespace, {"status": status}),
-            f"finish pod {namespace}/{name}",
-        )
+        # killed by a signal: a container runtime reports 128 + its number
+        return 128 - code if code < 0 else code
+
+    def _run_in_image(self, pod: dict[str, Any], spec: Launch, log: Path) -> int:
+        from tests.images.engine import Engine, NoEngineError
+        from tests.images.run import image_config, run
+
+        assert spec.container is not None
+        name = pod["metadata"]["name"]
+        try:
+            engine = Engine.detect()
+            if not engine.can_run or not engine.exists(spec.container.image):
+                raise NoEngineError(f"image {spec.container.image} is not in the local store")
+        except NoEngineError as exc:
+            log.write_text(f"cannot run pod {name} in its image: {exc}\n")
+            spec.termination_path.write_text(f"cannot run in image: {exc}")
+            return 127  # what a runtime reports for a command it cannot start
+        refused = root_refused(pod, image_config(engine, spec.container.image).user)
+        if refused:  # what a kubelet reports as CreateContainerConfigError
+            log.write_text(refused + "\n")
+            spec.termination_path.write_text(refused)
+            return 126
+        print(f"executor: pod {name}: in image {spec.container.image}", flush=True)
+        with log.open("wb") as out:
+            return run(engine, spec.container, stdout=out)
 
     def loop(self, ready_file: Path | None) -> None:
         from kubernetes import watch

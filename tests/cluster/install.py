@@ -92,6 +92,8 @@ class OperatorCommand:
     argv: list[str]
     env: dict[str, str]
     liveness: str
+    pod_env: dict[str, str]  # what the container itself is given: no variable of this machine
+    kubeconfig: Path
 
 
 def downward_api(spec: dict[str, Any], name: str, namespace: str) -> dict[str, str]:
@@ -147,5 +149,5 @@ def operator_command(
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG"))}
     pod_name = identity or f"{deployment['metadata']['name']}-{folder.name}"
     fields = downward_api(template["spec"], pod_name, namespace)
-    env = {**base, **started.env, **fields, "PYTHONUNBUFFERED": "1"}
-    return OperatorCommand(argv, env, liveness)
+    pod_env = {**started.env, **fields, "PYTHONUNBUFFERED": "1"}
+    return OperatorCommand(argv, {**base, **pod_env}, liveness, pod_env, kubeconfig)
