@@ -31,5 +31,9 @@ fi
 "$venv/bin/pip" uninstall --yes --quiet tensorrt tensorrt-cu12 tensorrt-cu13 \
   tensorrt_cu12_libs tensorrt_cu12_bindings tensorrt_cu13_libs tensorrt_cu13_bindings \
   >/dev/null 2>&1 || true
-reason="$(grep -m1 -i -E 'error|could not|failed' "$log" | cut -c1-200 || true)"
+# The stub packages say which library failed and why (usually: NVIDIA's index unreachable).
+what="$(grep -m1 -o -E 'The installation of [^ ]+ for version [^ ]+ failed' "$log" || true)"
+why="$(grep -m1 -o -E 'urlopen error [^>]*|No matching distribution found for [^ ]+' "$log" || true)"
+reason="$(printf '%s%s%s' "$what" "${what:+${why:+: }}" "$why" | cut -c1-200)"
+[ -n "$reason" ] || reason="$(grep -i -E 'error' "$log" | tail -n 1 | cut -c1-200 || true)"
 echo "TensorRT: NOT installed: its packages could not be installed here (${reason:-see the build log}); TENSORRT=auto builds without it, and the builder reports TensorRT candidates SKIPPED" | tee "$record"

@@ -170,3 +170,18 @@ def test_run_as_non_root_is_checked_as_a_kubelet_checks_it() -> None:
     container = body["spec"]["containers"][0]  # type: ignore[index]
     container["securityContext"] = {"runAsUser": 10001}
     assert root_refused(body, "0") is None  # the container's own user wins over the image's
+
+
+def test_the_record_says_which_library_failed_and_why(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path / "venv", 1, 0)
+    # What the tensorrt stub packages print when NVIDIA's index cannot be reached (stand-in).
+    (venv / "bin" / "pip").write_text(
+        "#!/bin/sh\n"
+        "echo '      The installation of tensorrt-cu13-libs for version 11.4.0.106 failed.'\n"
+        "echo '      urllib.error.URLError: <urlopen error [Errno -2] Name or service not known>'\n"
+        "exit 1\n"
+    )
+    script = REPO / "images" / "install-tensorrt.sh"
+    subprocess.run(["sh", str(script), "auto", str(venv), "w.whl"], capture_output=True, check=True)
+    record = (venv / "TENSORRT").read_text()
+    assert "tensorrt-cu13-libs for version 11.4.0.106 failed: urlopen error" in record, record
