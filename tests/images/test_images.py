@@ -73,12 +73,13 @@ def test_the_operator_image_starts_the_operator_and_stops_only_for_want_of_a_clu
     assert "Traceback" not in out, out
 
 
-# ---- the CPU builder image, where `make images` built it ------------------------------------
+# ---- the builder images, where `make images` built them ---------------------------------------
 
 
-@pytest.fixture(scope="module")
-def builder_image(engine: Engine) -> str:
-    image = build.image_name("builder")
+@pytest.fixture(scope="module", params=["builder", "builder-gpu"])
+def builder_image(engine: Engine, request: pytest.FixtureRequest) -> str:
+    # The GPU image builds and serves CPU targets too (onnxruntime-gpu has the CPU provider).
+    image = build.image_name(request.param)
     if not engine.can_run or not engine.exists(image):
         pytest.skip(f"{image} is not built here: `make images` builds it (several GB)")
     return image
