@@ -22,9 +22,7 @@ def load_configuration(kubeconfig: Path | None) -> Any:
     configuration = client.Configuration()
     try:
         if kubeconfig is not None:
-            config.load_kube_config(
-                config_file=str(kubeconfig), client_configuration=configuration
-            )
+            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
             return configuration
         try:
             config.load_incluster_config(client_configuration=configuration)
