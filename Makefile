@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= builder,cpu,serve,operator,dev
 
 .PHONY: setup demo test lint typecheck contracts unit clean cluster-bin cluster-up cluster-down \
-	dev-up dev-down browser gpu-kit images container-tools
+	dev-up dev-down browser gpu-kit images image-base container-tools
 
 setup: $(STAMP)
 
@@ -86,6 +86,10 @@ REGISTRY      ?=
 images: $(STAMP) container-tools
 	$(BIN)/python -m tests.images build --targets $(IMAGE_TARGETS) --base $(IMAGE_BASE) \
 	  --tensorrt $(TENSORRT) --registry '$(REGISTRY)'
+
+# Only the Debian base made by debootstrap (what IMAGE_BASE=debootstrap builds from), cached.
+image-base: $(STAMP) container-tools
+	$(BIN)/python -m tests.images base
 
 # Every tier that needs no GPU; GPU tests report SKIPPED with their reason.
 test: lint typecheck contracts cluster-bin browser container-tools

@@ -1,8 +1,9 @@
 """`python -m tests.images build` (what `make images` runs): Kiln's images, with build times
-and sizes printed.
+and sizes printed; `python -m tests.images base` (`make image-base`): only the debootstrap base.
 
     python -m tests.images build [--targets operator builder builder-gpu]
         [--base auto|registry|debootstrap] [--tensorrt auto|yes|no] [--registry PREFIX]
+    python -m tests.images base
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import argparse
 import subprocess
 import sys
 
-from tests.images import build
+from tests.images import base, build
 from tests.images.engine import NoEngineError, find_engine
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.images")
-    parser.add_argument("command", choices=["build"])
+    parser.add_argument("command", choices=["build", "base"])
     parser.add_argument("--targets", nargs="+", choices=build.TARGETS, default=build.TARGETS)
     parser.add_argument("--base", type=build.BaseChoice, default=build.BaseChoice.AUTO)
     parser.add_argument("--tensorrt", choices=["auto", "yes", "no"], default="auto")
@@ -26,6 +27,10 @@ def main() -> int:
     try:
         engine = find_engine()
         build.LOGS.mkdir(parents=True, exist_ok=True)
+        if args.command == "base":
+            image = base.ensure_base(engine, build.LOGS / "base.log")
+            print(f"{image}: {engine.size_bytes(image) / 10**6:.0f} MB", flush=True)
+            return 0
         base_image = build.pick_base(engine, args.base, build.LOGS / "base.log")
         print(f"engine: {engine.tool.value}; base: {base_image}", flush=True)
         for target in args.targets:
