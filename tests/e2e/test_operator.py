@@ -222,13 +222,13 @@ def delete_and_wait_for_collection(op: Operator, ns: str, *names: str) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    folder = tmp_path_factory.mktemp("e2e")
+@contextlib.contextmanager
+def running_operator(cluster: ClusterInfo, folder: Path, *extra: str) -> Iterator[Operator]:
+    """manifests/ installed and the operator started from its Deployment, with `extra` flags;
+    stopped afterwards, its log's tail printed."""
     documents = install(cluster)
     s3_secret(cluster, OPERATOR_NAMESPACE)
-    upload_tiny(cluster, folder)
-    command = operator_command(cluster, documents, folder, "--resync-seconds", "30")
+    command = operator_command(cluster, documents, folder, "--resync-seconds", "30", *extra)
     op = Operator(cluster, command.argv, command.env, folder / "operator.log", command.liveness)
     op.start()
     try:
@@ -236,6 +236,14 @@ def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         op.stop()
         print(op.log.read_text(errors="replace")[-5000:])
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    folder = tmp_path_factory.mktemp("e2e")
+    upload_tiny(cluster, folder)
+    with running_operator(cluster, folder) as op:
+        yield op
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from tests.e2e.test_operator import (
     namespace,
     ready,
     resource,
+    running_operator,
     wait_status,
 )
 from tests.images import build
@@ -105,17 +106,9 @@ def imaged_operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Operator]:
     folder = tmp_path_factory.mktemp("e2e-images")
-    documents = install(cluster)
-    s3_secret(cluster, OPERATOR_NAMESPACE)
     extra = ("--builder-image", builder_image, "--server-image", builder_image)
-    command = operator_command(cluster, documents, folder, *extra, "--resync-seconds", "30")
-    op = Operator(cluster, command.argv, command.env, folder / "operator.log", command.liveness)
-    op.start()
-    try:
+    with running_operator(cluster, folder, *extra) as op:
         yield op
-    finally:
-        op.stop()
-        print(op.log.read_text(errors="replace")[-5000:])
 
 
 def test_a_resource_is_built_by_pods_running_in_the_builder_image(
