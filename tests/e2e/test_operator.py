@@ -189,9 +189,14 @@ def apply(op: Operator, *documents: dict[str, Any]) -> None:
 
 def namespace(op: Operator, prefix: str) -> str:
     """A namespace of the test's own, with the S3 credentials Secret builders reference."""
+    return create_namespace(op.cluster, prefix)
+
+
+def create_namespace(cluster: ClusterInfo, prefix: str) -> str:
+    """`namespace`, before any operator runs (for one that watches only it)."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(op.api()).create_namespace({"metadata": {"name": name}})
-    s3_secret(op.cluster, name)
+    client.CoreV1Api(cluster.api_client()).create_namespace({"metadata": {"name": name}})
+    s3_secret(cluster, name)
     return name
 
 

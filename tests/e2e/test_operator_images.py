@@ -28,8 +28,8 @@ from tests.e2e.test_operator import (
     Operator,
     apply,
     conditions,
+    create_namespace,
     job_names,
-    namespace,
     ready,
     resource,
     running_operator,
@@ -68,7 +68,10 @@ def test_the_operator_image_runs_the_operator_to_ready(
     image = "localhost/" + build.build(engine, "operator", base_image, tensorrt="no").image
     documents = install(cluster)
     s3_secret(cluster, OPERATOR_NAMESPACE)
-    command = operator_command(cluster, documents, tmp_path, "--resync-seconds", "30")
+    # Its own namespace only: resources other tests left behind are not its business.
+    ns = create_namespace(cluster, "operator-image")
+    extra = ("--resync-seconds", "30", "--namespace", ns)
+    command = operator_command(cluster, documents, tmp_path, *extra)
     kubeconfig = "/etc/kiln/kubeconfig"  # not under /var/run: a symlink buildah mounts over
     args = command.argv[1:]  # the image's entrypoint is its own `kiln`
     args[args.index("--kubeconfig") + 1] = kubeconfig
@@ -81,7 +84,6 @@ def test_the_operator_image_runs_the_operator_to_ready(
     log = tmp_path / "operator.log"
     with log.open("wb") as sink, started(engine, container, stdout=sink) as process:
         op = Operator(cluster, [], {}, log, command.liveness, process=process)
-        ns = namespace(op, "operator-image")
         apply(op, resource("tiny", ns))
         status = wait_status(op, ns, "tiny", ready(), "phase Ready", timeout=900)
         assert conditions(status)["Ready"]["status"] == "True"
@@ -104,18 +106,20 @@ def imaged_operator(
     builder_image: str,
     tiny_uploaded: None,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Operator]:
+) -> Iterator[tuple[Operator, str]]:
     folder = tmp_path_factory.mktemp("e2e-images")
-    extra = ("--builder-image", builder_image, "--server-image", builder_image)
+    # Its own namespace only: another builder image means other cache keys, so a cluster-wide
+    # operator would rebuild every resource other tests left behind.
+    ns = create_namespace(cluster, "images")
+    extra = ("--builder-image", builder_image, "--server-image", builder_image, "--namespace", ns)
     with running_operator(cluster, folder, *extra) as op:
-        yield op
+        yield op, ns
 
 
 def test_a_resource_is_built_by_pods_running_in_the_builder_image(
-    imaged_operator: Operator, builder_image: str
+    imaged_operator: tuple[Operator, str], builder_image: str
 ) -> None:
-    op = imaged_operator
-    ns = namespace(op, "images")
+    op, ns = imaged_operator
     # Its own accuracy and calibration sizes, so no stored result or export of another test
     # is reused: both the export and the build Job run, in the image.
     spec = resource(
