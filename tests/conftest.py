@@ -200,3 +200,15 @@ def engine() -> Any:
         return find_engine()
     except NoEngineError as exc:
         pytest.skip(f"no container tool: {exc}")
+
+
+@pytest.fixture(scope="session")
+def operator_image(engine: Any) -> Any:
+    """The operator image (tests/images/build.py), built once per session: about 30 s on a
+    warm base; the debootstrap base first where no registry can be reached."""
+    from tests.images import build
+
+    base_image = build.pick_base(engine, build.BaseChoice.AUTO, build.LOGS / "base.log")
+    built = build.build(engine, "operator", base_image, tensorrt="no")
+    print(built.line())
+    return built

@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tests.images.run import exit_code
+
 if TYPE_CHECKING:
+    from tests.images.engine import Engine
     from tests.images.run import Container
 
 T = TypeVar("T")
@@ -88,18 +91,32 @@ def launch(
     venv_bin: Path,
 ) -> Launch:
     """Translate a pod's (first) container into a local command (pure but for the volume files)."""
+    container, mounts, termination = _mounted(pod, folder, configmaps, secrets)
+    env = {k: rewrite(v, mounts) for k, v in container_env(container, configmaps, secrets).items()}
+    argv = [rewrite(a, mounts) for a in [*container.get("command", []), *container.get("args", [])]]
+    if argv and "/" not in argv[0] and (venv_bin / argv[0]).exists():
+        argv[0] = str(venv_bin / argv[0])  # the project's own `kiln`, as the image would have it
+    return Launch(argv, env, termination, _fallback_to_logs(container))
+
+
+def _mounted(
+    pod: dict[str, Any],
+    folder: Path,
+    configmaps: dict[str, dict[str, str]],
+    secrets: dict[str, dict[str, str]],
+) -> tuple[dict[str, Any], dict[str, Path], Path]:
+    """The pod's first container, its volumes written under `folder` (mountPath -> local
+    path) with the termination message file among them, and that file's local path."""
     container = pod["spec"]["containers"][0]
     mounts = materialise(pod, container, folder, configmaps, secrets)
     termination = folder / "termination-log"
     # The container's termination message file is redirected like a mount.
     mounts[container.get("terminationMessagePath", "/dev/termination-log")] = termination
-    env = {k: rewrite(v, mounts) for k, v in container_env(container, configmaps, secrets).items()}
-    argv = [rewrite(a, mounts) for a in [*container.get("command", []), *container.get("args", [])]]
-    if argv and "/" not in argv[0] and (venv_bin / argv[0]).exists():
-        argv[0] = str(venv_bin / argv[0])  # the project's own `kiln`, as the image would have it
-    return Launch(
-        argv, env, termination, container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
-    )
+    return container, mounts, termination
+
+
+def _fallback_to_logs(container: dict[str, Any]) -> bool:
+    return bool(container.get("terminationMessagePolicy") == "FallbackToLogsOnError")
 
 
 def container_env(
@@ -135,14 +152,11 @@ def in_image(
     is rewritten; the image's entrypoint, user and working directory apply."""
     from tests.images.run import Container
 
-    container = pod["spec"]["containers"][0]
-    mounts = materialise(pod, container, folder, configmaps, secrets)
+    container, mounts, termination = _mounted(pod, folder, configmaps, secrets)
+    termination.touch()  # a bind mount needs its source to exist
     for local in mounts.values():
-        local.chmod(0o777)  # like a kubelet's emptyDir: writable by the image's own user
-    termination = folder / "termination-log"
-    termination.touch()
-    termination.chmod(0o666)
-    mounts[container.get("terminationMessagePath", "/dev/termination-log")] = termination
+        # Writable by the image's own user, like a kubelet's emptyDir (and the message file).
+        local.chmod(0o777 if local.is_dir() else 0o666)
     run = Container(
         image=container["image"],
         command=list(container.get("command", [])),
@@ -151,8 +165,9 @@ def in_image(
         mounts=mounts,
         workdir=container.get("workingDir", ""),
     )
-    fallback = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
-    return Launch([*run.command, *run.args], run.env, termination, fallback, run)
+    return Launch(
+        [*run.command, *run.args], run.env, termination, _fallback_to_logs(container), run
+    )
 
 
 def root_refused(pod: dict[str, Any], image_user: str) -> str | None:
@@ -231,6 +246,7 @@ class Executor:
         self.venv_bin = Path(sys.executable).parent
         self.seen: set[str] = set()
         self.lock = threading.Lock()
+        self.engine: Engine | None = None  # the container tool, found at the first image pod
 
     def _data(self, kind: str, namespace: str, name: str) -> dict[str, str]:
         from kubernetes.client.exceptions import ApiException
@@ -315,8 +331,7 @@ class Executor:
         except OSError as exc:
             code = 127
             log.write_text(f"cannot run {spec.argv[:1]}: {exc}\n")
-        # killed by a signal: a container runtime reports 128 + its number
-        return 128 - code if code < 0 else code
+        return exit_code(code)
 
     def _run_in_image(self, pod: dict[str, Any], spec: Launch, log: Path) -> int:
         from tests.images.engine import Engine, NoEngineError
@@ -325,7 +340,7 @@ class Executor:
         assert spec.container is not None
         name = pod["metadata"]["name"]
         try:
-            engine = Engine.detect()
+            engine = self.engine = self.engine or Engine.detect()
             if not engine.can_run or not engine.exists(spec.container.image):
                 raise NoEngineError(f"image {spec.container.image} is not in the local store")
         except NoEngineError as exc:

@@ -23,6 +23,7 @@ import yaml
 from kubernetes import client
 
 from tests.cluster.cluster import ClusterInfo
+from tests.cluster.executor import LOCAL_PREFIX
 from tests.cluster.install import OPERATOR_NAMESPACE, install, operator_command, s3_secret
 from tests.e2e.test_operator import (
     Operator,
@@ -59,13 +60,13 @@ def portable_kubeconfig(source: Path, target: Path) -> Path:
 def test_the_operator_image_runs_the_operator_to_ready(
     cluster: ClusterInfo,
     engine: Engine,
+    operator_image: build.Built,
     tiny_uploaded: None,
     tmp_path: Path,
 ) -> None:
     if not engine.can_run:
         pytest.skip(f"{engine.tool} cannot run images here (podman needs an OCI runtime)")
-    base_image = build.pick_base(engine, build.BaseChoice.AUTO, build.LOGS / "base.log")
-    image = "localhost/" + build.build(engine, "operator", base_image, tensorrt="no").image
+    image = LOCAL_PREFIX + operator_image.image
     documents = install(cluster)
     s3_secret(cluster, OPERATOR_NAMESPACE)
     # Its own namespace only: resources other tests left behind are not its business.
@@ -94,7 +95,7 @@ def test_the_operator_image_runs_the_operator_to_ready(
 
 @pytest.fixture(scope="module")
 def builder_image(engine: Engine) -> str:
-    image = "localhost/" + build.image_name("builder")
+    image = LOCAL_PREFIX + build.image_name("builder")
     if not engine.can_run or not engine.exists(image):
         pytest.skip(f"{image} is not built here: `make images` builds it (several GB)")
     return image

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.images.engine import Engine, Tool, program
+from tests.images.engine import Engine, Tool, output, program
 
 SUITE = "bookworm"  # the Dockerfile's default base is Debian bookworm too
 PACKAGES = ("python3", "python3-venv", "ca-certificates")
@@ -100,7 +100,7 @@ def ensure_base(engine: Engine, log: Path) -> str:
         argv += [f"LABEL {LABEL}={key}", str(tarball), IMAGE]
         subprocess.run(argv, check=True, capture_output=True)
         return IMAGE
-    container = _out(["buildah", "from", "scratch"])
+    container = output(["buildah", "from", "scratch"])
     try:
         _quiet(["buildah", "add", "--quiet", container, str(tarball), "/"])
         config = ["buildah", "config", "--env", f"PATH={ENV_PATH}", "--env", "LANG=C.UTF-8"]
@@ -117,13 +117,9 @@ def _quiet(argv: list[str]) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
-def _out(argv: list[str]) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
-
-
 def _label(engine: Engine, image: str) -> str:
     if engine.tool is Tool.BUILDAH:
         fmt = "{{index .OCIv1.Config.Labels " + f'"{LABEL}"' + "}}"
-        return _out(["buildah", "inspect", "--type", "image", "--format", fmt, image])
+        return output(["buildah", "inspect", "--type", "image", "--format", fmt, image])
     fmt = "{{index .Config.Labels " + f'"{LABEL}"' + "}}"
-    return _out([engine.tool.value, "image", "inspect", "--format", fmt, image])
+    return output([engine.tool.value, "image", "inspect", "--format", fmt, image])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from kiln.api.version import VERSION
 from tests.images import base
 from tests.images.engine import Engine, Tool
 
@@ -44,16 +45,10 @@ class Built:
         )
 
 
-def version() -> str:
-    from kiln.api.version import VERSION
-
-    return VERSION
-
-
 def image_name(target: str, registry: str = "") -> str:
     """kiln-operator / kiln-builder / kiln-builder-gpu, at Kiln's version; the names the
     manifests and the operator's defaults use (`registry/` in front when pushing)."""
-    name = f"kiln-{target}:{version()}"
+    name = f"kiln-{target}:{VERSION}"
     return f"{registry.rstrip('/')}/{name}" if registry else name
 
 

@@ -39,6 +39,11 @@ def _answers(argv: list[str]) -> bool:
         return False
 
 
+def output(argv: list[str]) -> str:
+    """A container tool's answer (an ID, a JSON record), stripped; failing loudly."""
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def ensure_tools() -> str | None:
     """Install buildah and debootstrap from Debian's packages where missing and possible.
     Returns None when they are present afterwards, else the reason they are not."""
@@ -114,9 +119,8 @@ class Engine:
         """The image's size on disk, uncompressed, as the tool itself reports it."""
         if self.tool is Tool.DOCKER:
             argv = ["docker", "image", "inspect", "--format", "{{.Size}}", image]
-            return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
-        argv = [self.tool.value, "images", "--json", image]
-        listed = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+            return int(output(argv))
+        listed = json.loads(output([self.tool.value, "images", "--json", image]))
         size = listed[0].get("size", listed[0].get("Size"))  # buildah: "266 MB"; podman: bytes
         return size if isinstance(size, int) else parse_size(str(size))
 

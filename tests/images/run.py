@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from tests.images.engine import Engine, Tool
+from tests.images.engine import Engine, Tool, output
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,10 @@ class Container:
 def image_config(engine: Engine, image: str) -> ImageConfig:
     if engine.tool is Tool.DOCKER:
         argv = ["docker", "image", "inspect", "--format", "{{json .Config}}", image]
-        config = json.loads(_out(argv))
+        config = json.loads(output(argv))
     else:
         # buildah's templates have no `json` function: the whole record, then its config.
-        config = json.loads(_out(["buildah", "inspect", "--type", "image", image]))
+        config = json.loads(output(["buildah", "inspect", "--type", "image", image]))
         config = config["OCIv1"].get("config") or {}
     env = dict(item.split("=", 1) for item in config.get("Env") or [])
     return ImageConfig(
@@ -67,13 +67,10 @@ def image_config(engine: Engine, image: str) -> ImageConfig:
 def run(
     engine: Engine, spec: Container, stdout: IO[bytes] | int | None = None, timeout: float = 1800
 ) -> int:
-    """Run `spec` to its end; its exit code (128 + N when killed by signal N)."""
+    """Run `spec` to its end; its exit code (128 + N when killed by signal N). Past `timeout`
+    it raises TimeoutExpired, and leaving `started` stops it."""
     with started(engine, spec, stdout) as process:
-        try:
-            return _exit_code(process.wait(timeout=timeout))
-        except subprocess.TimeoutExpired:
-            _stop(process)
-            raise
+        return exit_code(process.wait(timeout=timeout))
 
 
 @contextlib.contextmanager
@@ -81,13 +78,14 @@ def started(
     engine: Engine, spec: Container, stdout: IO[bytes] | int | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`spec` running in the background (a server, say); stopped and cleaned up on exit."""
-    argv = image_config(engine, spec.image).argv(spec.command, spec.args)
+    config = image_config(engine, spec.image)
+    argv = config.argv(spec.command, spec.args)
     working = ""
     if engine.tool is Tool.DOCKER:
         cmd = _docker_argv(spec, argv)
     else:
-        working = _out(["buildah", "from", "--pull=never", "--quiet", spec.image])
-        cmd = _buildah_argv(engine, spec, argv, working)
+        working = output(["buildah", "from", "--pull=never", "--quiet", spec.image])
+        cmd = _buildah_argv(config, spec, argv, working)
     stderr = subprocess.STDOUT if stdout is not None else None
     # Its own session, so that stopping it reaches the command inside as well as the tool.
     process = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, start_new_session=True)
@@ -112,8 +110,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _buildah_argv(engine: Engine, spec: Container, argv: list[str], working: str) -> list[str]:
-    config = image_config(engine, spec.image)
+def _buildah_argv(config: ImageConfig, spec: Container, argv: list[str], working: str) -> list[str]:
     cmd = ["buildah", "run", "--isolation", "chroot", "--network", "host"]
     cmd += ["--user", config.user, "--workingdir", spec.workdir or config.workdir]
     for key, value in spec.env.items():
@@ -134,11 +131,7 @@ def _docker_argv(spec: Container, argv: list[str]) -> list[str]:
     return [*cmd, spec.image, *argv[1:]]
 
 
-def _exit_code(code: int) -> int:
-    """buildah reports a command killed by a signal as 128 + N already; a negative code is
-    the tool itself killed."""
+def exit_code(code: int) -> int:
+    """A process killed by signal N (Popen's -N) exits 128 + N, as a container runtime reports
+    it. (buildah reports a command inside killed by a signal as 128 + N already.)"""
     return 128 - code if code < 0 else code
-
-
-def _out(argv: list[str]) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()

@@ -30,14 +30,6 @@ REPO = Path(__file__).parents[2]
 ML_MODULES = ("torch", "onnx", "onnxruntime", "numpy", "tensorrt")
 
 
-@pytest.fixture(scope="module")
-def operator_image(engine: Engine) -> build.Built:
-    base_image = build.pick_base(engine, build.BaseChoice.AUTO, build.LOGS / "base.log")
-    built = build.build(engine, "operator", base_image, tensorrt="no")
-    print(built.line())
-    return built
-
-
 def output_of(engine: Engine, spec: Container, tmp_path: Path) -> tuple[int, str]:
     log = tmp_path / "run.log"
     with log.open("wb") as out:
