@@ -128,12 +128,35 @@ def test_crd_schema_rejects_a_bad_spec_with_the_servers_message(cluster: Cluster
         )
 
     eventually(lambda: _established(create), what="the CRD to be served")
-    with pytest.raises(ApiException) as info:
-        custom.create_namespaced_custom_object(
-            "kiln.dev", "v1alpha1", ns, "optimizedmodels", body([-1, -1])
-        )
-    assert info.value.status == 422
-    assert "only axis 0 may be -1" in info.value.body
+
+    # Shapes and dynamic axes: the CEL rules refuse what Kiln's validation refuses.
+    def tensor(name: str, shape: list[int], dynamic: list[Any] | None) -> dict[str, Any]:
+        document = body(shape)
+        document["metadata"]["name"] = name
+        if dynamic is not None:
+            document["spec"]["inputs"][0]["dynamic"] = dynamic
+        return document
+
+    seq = {"axis": 1, "min": 8, "max": 128}
+    shapes: list[tuple[str, list[int], list[Any] | None, str]] = [
+        ("norange", [-1, -1], None, "every -1 beyond axis 0 needs exactly one dynamic entry"),
+        ("fixedaxis", [-1, 4], [seq], "every -1 beyond axis 0 needs exactly one dynamic entry"),
+        ("twice", [-1, -1], [seq, seq], "every -1 beyond axis 0 needs exactly one dynamic entry"),
+        ("negative", [-1, -3], None, "dimensions must be positive, or -1 for a dynamic axis"),
+        ("empty", [-1, -1], [{**seq, "max": 8}], "expected min < max and min <= opt <= max"),
+        ("opt", [-1, -1], [{**seq, "opt": 200}], "expected min < max and min <= opt <= max"),
+    ]
+    for name, shape, dynamic, message in shapes:
+        with pytest.raises(ApiException) as info:
+            custom.create_namespaced_custom_object(
+                "kiln.dev", "v1alpha1", ns, "optimizedmodels", tensor(name, shape, dynamic)
+            )
+        assert info.value.status == 422, name
+        # The server escapes < and > in its JSON body.
+        assert message in json.loads(info.value.body)["message"], info.value.body
+    custom.create_namespaced_custom_object(
+        "kiln.dev", "v1alpha1", ns, "optimizedmodels", tensor("seq", [-1, -1, 4], [seq])
+    )
 
     # serving.replicas is an int-or-string: a count, or 'auto' with a target throughput.
     def serving(name: str, value: dict[str, Any]) -> dict[str, Any]:

@@ -126,11 +126,18 @@ def test_an_input_after_a_default_goes_by_keyword_to_onnx_and_to_pytorch(tmp_pat
     np.testing.assert_allclose(eager, expected)
 
 
-def readme_spec() -> dict[str, Any]:
-    """The README's worked example: the one OptimizedModel among its YAML blocks."""
+def readme_spec(name: str) -> dict[str, Any]:
+    """One of the README's worked examples: the OptimizedModel of that name among its YAML
+    blocks."""
     blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.DOTALL)
     documents = [yaml.safe_load(b) for b in blocks]
-    (document,) = [d for d in documents if d.get("kind") == "OptimizedModel"]
+    (document,) = [
+        d
+        for d in documents
+        if isinstance(d, dict)
+        and d.get("kind") == "OptimizedModel"
+        and d.get("metadata", {}).get("name") == name
+    ]
     assert isinstance(document, dict)
     return document
 
@@ -143,7 +150,7 @@ def readme_error() -> str:
 
 
 def test_the_readme_torchvision_example_runs_as_printed(tmp_path: Path) -> None:
-    document = readme_spec()
+    document = readme_spec("resnet50")
     spec = document["spec"]
     (tensor,) = spec["inputs"]
     assert tensor["name"] == "x"  # torchvision's own argument name, not renamed

@@ -24,7 +24,8 @@ from kiln.api.keys import cache_key
 from kiln.api.spec import OptimizedModelSpec, Precision, SourceFormat
 from kiln.builder.candidates import CandidatePlan
 from kiln.builder.context import BuildContext
-from kiln.builder.feeds import random_feeds
+from kiln.builder.export import export_dims
+from kiln.builder.feeds import random_feeds, trace_lengths
 from kiln.builder.prepare import ModelArtifact, Prepared
 from kiln.builder.torch_source import TorchModel
 from kiln.runtime.aoti_build import INDUCTOR_CONFIGS
@@ -171,16 +172,17 @@ def export_program(
     model: TorchModel, spec: OptimizedModelSpec, device: str, precision: Precision
 ) -> torch.export.ExportedProgram:
     """torch.export of the module behind `SpecOrder`, with the batch axis dynamic from 1 to
-    the largest batch size. Traced at batch 2 where it can be: at 1, export specialises the
-    axis to a constant."""
+    the largest batch size and every other dynamic axis over its range. Traced at batch 2
+    where it can be: at 1, export specialises the axis to a constant."""
     largest = spec.batch_sizes[-1]
     dynamic = largest >= 2 and all(t.dynamic_batch for t in spec.inputs)
-    feeds = random_feeds(spec.inputs, 2 if dynamic else spec.batch_sizes[0], seed=1)
+    batch = 2 if dynamic else spec.batch_sizes[0]
+    feeds = random_feeds(spec.inputs, batch, seed=1, lengths=trace_lengths(spec, batch))
     names = [t.name for t in spec.inputs]
     args = tuple(torch.from_numpy(feeds[n]).to(device) for n in names)
-    batch = torch.export.Dim("batch", min=1, max=largest)
+    by_name = export_dims(spec, batch_max=largest if dynamic else None)
     # One entry, for SpecOrder's *args: a tuple with each input's shape.
-    shapes = (tuple({0: batch} if dynamic else None for _ in names),)
+    shapes = (tuple(by_name[n] or None for n in names),)
     program: torch.nn.Module = SpecOrder(copy.deepcopy(model.module).to(device), model.call, names)
     if precision is Precision.FP16:
         program = HalfPrecision(program)

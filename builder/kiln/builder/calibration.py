@@ -48,12 +48,13 @@ def check_shard(path: Path, label: str, spec: OptimizedModelSpec) -> int:
                 f"no array named {tensor.name!r} (spec.inputs[{index}]); it holds {sorted(arrays)}",
             )
         array = arrays[tensor.name]
-        want = (tensor.shape[0] if not tensor.dynamic_batch else "N", *tensor.shape[1:])
-        if array.ndim != len(tensor.shape) or tuple(array.shape[1:]) != tuple(tensor.shape[1:]):
+        # Axis 0 counts samples here, whatever the batch axis allows.
+        problem = tensor.mismatch([1, *array.shape[1:]]) if array.ndim else "a scalar"
+        if problem:
             raise KilnInputError(
                 label,
-                f"array {tensor.name!r} has shape {list(array.shape)}, expected {list(want)} "
-                f"from spec.inputs[{index}].shape",
+                f"array {tensor.name!r} has shape {list(array.shape)}, expected "
+                f"{['N', *tensor.wanted()[1:]]} from spec.inputs[{index}].shape",
             )
         expected = np.dtype(NUMPY_DTYPES[tensor.dtype])
         if array.dtype != expected:
@@ -66,6 +67,9 @@ def check_shard(path: Path, label: str, spec: OptimizedModelSpec) -> int:
         counts.add(int(array.shape[0]))
     if len(counts) != 1:
         raise KilnInputError(label, f"arrays hold different sample counts {sorted(counts)}")
+    conflict = spec.length_conflict({t.name: arrays[t.name].shape for t in spec.inputs})
+    if conflict:
+        raise KilnInputError(label, conflict)
     return counts.pop()
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from kiln.api.errors import KilnInputError
-from kiln.api.spec import OptimizedModelSpec, SourceFormat
-from kiln.builder.feeds import random_feeds
+from kiln.api.spec import BATCH_DIM, OptimizedModelSpec, SourceFormat, TensorSpec
+from kiln.builder.feeds import random_feeds, trace_lengths
 from kiln.builder.torch_source import TorchModel
 from kiln.runtime.errors import root_cause
 
@@ -39,7 +39,7 @@ def export_onnx(model: TorchModel, spec: OptimizedModelSpec, out: Path) -> None:
     by name whatever order the spec lists them in."""
     # Batch 2, not 1: tracing at 1 lets the exporter specialise the batch axis to a constant.
     batch = 2 if all(t.dynamic_batch for t in spec.inputs) else spec.batch_sizes[0]
-    feeds = random_feeds(spec.inputs, batch, seed=1)
+    feeds = random_feeds(spec.inputs, batch, seed=1, lengths=trace_lengths(spec, batch))
     args, kwargs = model.call.split({t.name: torch.from_numpy(feeds[t.name]) for t in spec.inputs})
     common: dict[str, Any] = {
         "kwargs": kwargs,
@@ -53,15 +53,14 @@ def export_onnx(model: TorchModel, spec: OptimizedModelSpec, out: Path) -> None:
         # The exporter narrates its steps on stdout; keep the CLI's output to our own table.
         with contextlib.redirect_stdout(io.StringIO()):
             if _legacy(spec):
-                axes = {t.name: {0: "batch"} for t in spec.inputs if t.dynamic_batch}
-                axes |= {o: {0: "batch"} for o in spec.outputs}
+                axes = {t.name: named_axes(t) for t in spec.inputs if named_axes(t)}
+                axes |= {o: {0: BATCH_DIM} for o in spec.outputs}
                 torch.onnx.export(
                     model.module, args, str(out), dynamic_axes=axes, dynamo=False, **common
                 )
             else:
-                dim = torch.export.Dim("batch", min=1, max=4096)
                 # Keyed by the forward's argument names, which are the inputs' names.
-                shapes = {t.name: ({0: dim} if t.dynamic_batch else {}) for t in spec.inputs}
+                shapes = export_dims(spec, batch_max=4096)
                 torch.onnx.export(
                     model.module,
                     args,
@@ -75,3 +74,22 @@ def export_onnx(model: TorchModel, spec: OptimizedModelSpec, out: Path) -> None:
         raise KilnInputError(
             "spec.source", f"the ONNX exporter cannot handle this model: {root_cause(exc)}"
         ) from None
+
+
+def named_axes(tensor: TensorSpec) -> dict[int, str]:
+    """The input's dynamic axes by ONNX dimension name: inputs that share a name share it."""
+    axes = {axis: name for axis, (name, _) in tensor.axes().items()}
+    return {0: BATCH_DIM, **axes} if tensor.dynamic_batch else axes
+
+
+def export_dims(spec: OptimizedModelSpec, batch_max: int | None) -> dict[str, dict[int, Any]]:
+    """torch.export's dynamic shapes for each input: one `Dim` object per name, so axes that
+    share a name are one symbol (an attention mask's length is its ids' length). No batch
+    symbol where `batch_max` is None: the batch axis is then traced as the constant it is."""
+    dims = {n: torch.export.Dim(n, min=d.min, max=d.max) for n, d in spec.dims().items()}
+    if batch_max is not None:
+        dims[BATCH_DIM] = torch.export.Dim(BATCH_DIM, min=1, max=batch_max)
+    return {
+        t.name: {axis: dims[name] for axis, name in named_axes(t).items() if name in dims}
+        for t in spec.inputs
+    }

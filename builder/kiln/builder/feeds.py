@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
+
 import numpy as np
 
-from kiln.api.spec import DType, TensorSpec
+from kiln.api.spec import DType, OptimizedModelSpec, TensorSpec
 from kiln.runtime.base import Feeds
 from kiln.runtime.dtypes import NUMPY_DTYPES
 
 
-def random_feeds(inputs: list[TensorSpec], batch: int, seed: int) -> Feeds:
-    """Deterministic inputs: normal floats, small non-negative integers, random booleans."""
+def random_feeds(
+    inputs: list[TensorSpec], batch: int, seed: int, lengths: Mapping[str, int] | None = None
+) -> Feeds:
+    """Deterministic inputs: normal floats, small non-negative integers, random booleans;
+    dynamic axes at `lengths` (default each one's opt)."""
     rng = np.random.default_rng(seed)
     feeds: Feeds = {}
     for tensor in inputs:
-        shape = tensor.concrete_shape(batch)
+        shape = tensor.concrete_shape(batch, lengths)
         dtype = NUMPY_DTYPES[tensor.dtype]
         if tensor.dtype in (DType.FLOAT32, DType.FLOAT16):
             feeds[tensor.name] = rng.standard_normal(shape).astype(dtype)
@@ -36,3 +42,36 @@ def split(feeds: Feeds) -> list[Feeds]:
     """Single-sample feeds from a batch (axis 0)."""
     count = next(iter(feeds.values())).shape[0]
     return [{n: v[i : i + 1] for n, v in feeds.items()} for i in range(count)]
+
+
+def fit_lengths(feeds: Feeds, inputs: list[TensorSpec], lengths: Mapping[str, int]) -> Feeds:
+    """`feeds` with each dynamic axis cut or repeated to its length in `lengths`. Repeating
+    real samples keeps their values real (a mask stays ones, ids stay in the vocabulary),
+    which random values would not: the benchmark times real work at every length."""
+    out = dict(feeds)
+    for tensor in inputs:
+        array = out[tensor.name]
+        for axis, (name, _) in tensor.axes().items():
+            want = lengths.get(name, array.shape[axis])
+            reps = -(-want // array.shape[axis])
+            if reps > 1:
+                array = np.concatenate([array] * reps, axis=axis)
+            array = np.take(array, np.arange(want), axis=axis)
+        out[tensor.name] = np.ascontiguousarray(array)
+    return out
+
+
+def trace_lengths(spec: OptimizedModelSpec, batch: int) -> dict[str, int]:
+    """Lengths to trace the export at: each in its range, none 0 or 1, and all distinct from
+    each other and from the traced batch. Tracing specialises a size of 1 to a constant and
+    assumes sizes that happen to be equal are the same symbol, which would tie the axes."""
+    taken = {batch}
+    out: dict[str, int] = {}
+    dims = spec.dims()
+    # The narrowest ranges choose first: they have the fewest lengths to choose from.
+    for name, dim in sorted(dims.items(), key=lambda item: item[1].max - item[1].min):
+        choices = itertools.chain([dim.optimal], range(max(dim.min, 2), dim.max + 1))
+        pick = next((c for c in choices if c >= 2 and c not in taken), dim.optimal)
+        out[name] = pick
+        taken.add(pick)
+    return {name: out[name] for name in dims}

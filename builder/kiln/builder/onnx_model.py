@@ -60,7 +60,7 @@ def check_onnx_signature(model: onnx.ModelProto, spec: OptimizedModelSpec) -> No
             if want == -1:
                 raise KilnInputError(
                     f"{where}.shape",
-                    f"axis 0 is dynamic in the spec but fixed at {have} in the model",
+                    f"axis {axis} is dynamic in the spec but fixed at {have} in the model",
                 )
             if want != have:
                 raise KilnInputError(

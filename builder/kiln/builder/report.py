@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
-from kiln.api.status import Interval, OptimizedModelStatus, State, TargetStatus
+from kiln.api.status import Interval, OptimizedModelStatus, State, TargetStatus, shape_text
 from kiln.api.summary import money
 
 COLUMNS = [
@@ -111,7 +111,7 @@ def rows(status: OptimizedModelStatus) -> list[list[str]]:
                     c.precision.value,
                     c.device,
                     state,
-                    _num(c.batch_size, 6) if c.batch_size else "-",
+                    shape_text(c.batch_size, c.lengths) if c.batch_size else "-",
                     _num(c.latency_ms.p50 if c.latency_ms else None),
                     _num(c.latency_ms.p99 if c.latency_ms else None),
                     _num(c.throughput, 4),
@@ -160,7 +160,8 @@ def benchmark_table(target: TargetStatus) -> list[str]:
     for c in target.candidates:
         for b in c.benchmarks:
             lines.append(
-                f"| {c.name} | {b.batch_size} | {b.latency_ms.p50:.3g} | {b.latency_ms.p90:.3g} "
+                f"| {c.name} | {shape_text(b.batch_size, b.lengths)} | {b.latency_ms.p50:.3g} "
+                f"| {b.latency_ms.p90:.3g} "
                 f"| {b.latency_ms.p99:.3g} | {b.throughput:.4g} | "
                 f"{'-' if b.speedup is None else f'{b.speedup:.2f}x'} "
                 f"| {_interval(b.speedup_interval)} | {b.spread_percent:.1f} | {b.rounds} "

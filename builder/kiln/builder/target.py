@@ -4,6 +4,7 @@ select, and publish result.json under the target's cache key."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import replace
 
@@ -19,7 +20,7 @@ from kiln.builder.candidates import CandidatePlan, baseline_of, plan_candidates
 from kiln.builder.context import BuildContext
 from kiln.builder.engines import build_candidate, error_text, model_for
 from kiln.builder.environment import Capabilities, TargetPlan, environment
-from kiln.builder.feeds import stack
+from kiln.builder.feeds import fit_lengths, stack
 from kiln.builder.prepare import Prepared
 from kiln.builder.verify import blind_gates, compare
 from kiln.runtime.base import Runner, infer
@@ -202,14 +203,19 @@ def _benchmark(
     target: TargetPlan,
     baseline: str,
 ) -> list[Found]:
-    """Every batch size: stage the inputs in every runner, then time them all in interleaved
-    rounds with the baseline. A runner that fails is dropped for the later batch sizes."""
+    """Every batch size at every benchmark shape: stage the inputs in every runner, then time
+    them all in interleaved rounds with the baseline. A runner that fails is dropped for the
+    later ones."""
     spec = ctx.spec
     runs: dict[str, list[BatchBenchmark]] = {name: [] for name in runners}
     failures: dict[str, str] = {}
-    with ctx.reporter.step(f"[{target.name}] benchmark", total=len(spec.batch_sizes)) as step:
-        for batch in spec.batch_sizes:
-            feeds = stack(prepared.samples, batch)
+    shapes = spec.benchmark_lengths()
+    total = len(spec.batch_sizes) * len(shapes)
+    with ctx.reporter.step(f"[{target.name}] benchmark", total=total) as step:
+        for batch, lengths in itertools.product(spec.batch_sizes, shapes):
+            where = f"batch {batch}" + "".join(f", {n} {v}" for n, v in lengths.items())
+            fitted = [fit_lengths(s, spec.inputs, lengths) for s in prepared.samples]
+            feeds = stack(fitted, batch)
             staged: dict[str, Runner] = {}
             for name, runner in list(runners.items()):
                 try:
@@ -217,14 +223,14 @@ def _benchmark(
                     staged[name] = runner
                 except Exception as exc:
                     _drop(runners, name)
-                    failures[name] = f"benchmark failed at batch {batch}: {error_text(exc)}"
+                    failures[name] = f"benchmark failed at {where}: {error_text(exc)}"
             rounds = measure_rounds(staged, baseline, spec.benchmark, error_text=error_text)
             for name, t in rounds.timings.items():
                 if t.failure is not None:
                     _drop(runners, name)
-                    failures[name] = f"benchmark failed at batch {batch}: {t.failure}"
+                    failures[name] = f"benchmark failed at {where}: {t.failure}"
             for name, result in results(rounds, baseline, batch, spec.benchmark).items():
-                runs[name].append(result)
+                runs[name].append(result.model_copy(update={"lengths": lengths or None}))
             step.advance()
     return [
         replace(f, benchmarks=runs[f.plan.name], failure=failures.get(f.plan.name, f.failure))

@@ -44,15 +44,19 @@ def engine_key(
 
 def build_args(spec: OptimizedModelSpec, onnx: Path, engine: Path, timing: Path) -> list[str]:
     """The trt_build command line: one shape profile per input, from the smallest batch size
-    to the largest, optimised for the largest. Not for the decision batch: the engine must not
-    depend on `selection`, which re-decides from stored measurements without rebuilding."""
+    to the largest, optimised for the largest; each other dynamic axis from its min to its
+    max, optimised for its opt. Not for the decision batch: the engine must not depend on
+    `selection`, which re-decides from stored measurements without rebuilding."""
     from kiln.runtime.trt_build import ShapeProfile
 
     lo, opt, hi = spec.batch_sizes[0], spec.batch_sizes[-1], spec.batch_sizes[-1]
+    dims = spec.dims()
+    least = {n: d.min for n, d in dims.items()}
+    most = {n: d.max for n, d in dims.items()}
     args = [sys.executable, "-m", "kiln.runtime.trt_build"]
     args += ["--onnx", str(onnx), "--engine", str(engine), "--timing-cache", str(timing)]
     for t in spec.inputs:
-        shapes = (t.concrete_shape(lo), t.concrete_shape(opt), t.concrete_shape(hi))
+        shapes = (t.concrete_shape(lo, least), t.concrete_shape(opt), t.concrete_shape(hi, most))
         args += ["--shape", ShapeProfile(t.name, *shapes).to_arg()]
     return args
 

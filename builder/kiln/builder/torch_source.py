@@ -163,24 +163,43 @@ def bind_inputs(module: Any, spec: OptimizedModelSpec) -> Call:
 
 def check_torch_signature(module: Any, spec: OptimizedModelSpec) -> TorchModel:
     """The spec's input names against the forward's, then one forward pass per batch size the
-    spec lists: wrong names, shapes, dtypes and batch sizes surface here, before any export."""
+    spec lists, and at each end of the dynamic axes' ranges: wrong names, shapes, dtypes,
+    batch sizes and ranges surface here, before any export."""
     model = TorchModel(module, bind_inputs(module, spec))
     for i, batch in enumerate(spec.batch_sizes):
-        outputs = _forward(model, spec, batch, "spec.inputs" if i == 0 else "spec.batchSizes")
+        outputs = _forward(model, spec, batch, {}, "spec.inputs" if i == 0 else "spec.batchSizes")
         if i == 0 and len(outputs) != len(spec.outputs):
             raise KilnInputError(
                 "spec.outputs",
                 f"names {len(spec.outputs)} outputs {spec.outputs} but the model returns "
                 f"{len(outputs)} tensor(s)",
             )
+    dims = spec.dims()
+    if dims:
+        field = _range_field(spec)
+        for end in ("min", "max"):
+            lengths = {n: getattr(d, end) for n, d in dims.items()}
+            _forward(model, spec, spec.batch_sizes[0], lengths, field)
     return model
 
 
-def _forward(model: TorchModel, spec: OptimizedModelSpec, batch: int, field: str) -> list[Any]:
-    feeds = random_feeds(spec.inputs, batch, seed=0)
+def _range_field(spec: OptimizedModelSpec) -> str:
+    """Where a range the model rejects is reported: the first input with a dynamic axis."""
+    first = next(i for i, t in enumerate(spec.inputs) if t.dynamic)
+    return f"spec.inputs[{first}].dynamic"
+
+
+def _forward(
+    model: TorchModel,
+    spec: OptimizedModelSpec,
+    batch: int,
+    lengths: dict[str, int],
+    field: str,
+) -> list[Any]:
+    feeds = random_feeds(spec.inputs, batch, seed=0, lengths=lengths)
     tensors = {t.name: torch.from_numpy(feeds[t.name]) for t in spec.inputs}
     described = ", ".join(
-        f"{t.name}{list(t.concrete_shape(batch))}:{t.dtype.value}" for t in spec.inputs
+        f"{t.name}{list(t.concrete_shape(batch, lengths))}:{t.dtype.value}" for t in spec.inputs
     )
     try:
         with torch.inference_mode():

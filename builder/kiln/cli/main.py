@@ -430,7 +430,7 @@ def serve(
         open_runner,
         pick_target,
     )
-    from kiln.serve.protocol import output_metadata
+    from kiln.serve.protocol import output_metadata, warm_up_points
     from kiln.storage.objects import Storage
 
     storage = Storage()
@@ -451,17 +451,16 @@ def serve(
         _fail(exc)
     spec = model.spec
 
-    def warm_up(batch: int) -> list[Any]:
+    def warm_up(batch: int, lengths: dict[str, int]) -> list[Any]:
         zeros = {
-            t.name: np.zeros(t.concrete_shape(batch), dtype=NUMPY_DTYPES[t.dtype])
+            t.name: np.zeros(t.concrete_shape(batch, lengths), dtype=NUMPY_DTYPES[t.dtype])
             for t in spec.inputs
         }
         return engine_thread.submit(infer, runner, zeros).result()
 
-    # Two warm-ups tell which output dimensions follow the batch (the metadata's -1).
-    at_one = warm_up(1)
-    dynamic = max(spec.batch_sizes) >= 2 and all(t.dynamic_batch for t in spec.inputs)
-    at_two = warm_up(2) if dynamic else None
+    # Two warm-ups tell which output dimensions follow the batch or a length (the metadata's -1).
+    at_one, *rest = [warm_up(batch, lengths) for batch, lengths in warm_up_points(spec)]
+    at_two = rest[0] if rest else None
     info = ModelInfo(
         name=name or model.metadata.name,
         version=served.target.cache_key or "local",

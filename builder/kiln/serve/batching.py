@@ -4,7 +4,14 @@ per request. So a lone request on an idle engine runs at once, and under load ba
 themselves with the requests that arrive while the engine runs, as Triton's dynamic batcher
 does with its default `max_queue_delay` of 0. A window above 0 also waits up to that long for
 more requests to fill a batch: throughput traded for latency, where batching pays (GPUs).
-One worker thread owns the runner, so runners need not be thread-safe."""
+One worker thread owns the runner, so runners need not be thread-safe.
+
+Only requests of one shape share a batch: equal on every axis but the batch axis (inputs with
+dynamic axes, a sequence say, may differ from request to request). A request of another shape
+closes the batch being gathered and starts the next, so requests still run in arrival order,
+as Triton's dynamic batcher does. Shorter requests are never padded to join a longer one:
+padding changes a model's answers unless the model masks the padding out, and Kiln cannot
+know whether it does."""
 
 from __future__ import annotations
 
@@ -22,11 +29,20 @@ from kiln.serve.stats import BatchTimes
 Infer = Callable[[Feeds], list[Array]]
 
 
+# What requests must share to be batched: each input's name and shape beyond the batch axis.
+ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def shape_key(feeds: Feeds) -> ShapeKey:
+    return tuple((name, tuple(array.shape[1:])) for name, array in feeds.items())
+
+
 @dataclass
 class _Pending:
     feeds: Feeds
     size: int
     future: asyncio.Future[list[Array]]
+    key: ShapeKey
     queued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
@@ -76,7 +92,7 @@ class Batcher:
     async def submit(self, feeds: Feeds) -> list[Array]:
         size = int(next(iter(feeds.values())).shape[0])
         future: asyncio.Future[list[Array]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(feeds, size, future))
+        await self._queue.put(_Pending(feeds, size, future, shape_key(feeds)))
         return await future
 
     async def _run(self) -> None:
@@ -91,7 +107,8 @@ class Batcher:
         self, loop: asyncio.AbstractEventLoop, first: _Pending
     ) -> tuple[list[_Pending], _Pending | None]:
         """`first` and what joins it: everything queued now, then (window > 0) what arrives
-        within the window; returns the batch and the request that starts the next one."""
+        within the window, until the batch is full or a request of another shape comes;
+        returns the batch and the request that starts the next one."""
         group, total = [first], first.size
         deadline = loop.time() + self.window_s
         while total < self.max_batch:
@@ -105,8 +122,8 @@ class Batcher:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
-            if total + item.size > self.max_batch:
-                return group, item  # starts the next batch
+            if item.key != first.key or total + item.size > self.max_batch:
+                return group, item  # starts the next batch: never reordered, never padded
             group.append(item)
             total += item.size
         return group, None

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from kiln.api.spec import DType, TensorSpec
+from kiln.api.spec import DType, OptimizedModelSpec, TensorSpec, length_conflict
 from kiln.runtime.base import Array, Feeds
 
 # Open Inference Protocol datatype names <-> spec dtypes and numpy types.
@@ -162,13 +162,9 @@ def decode(
                 f"input {spec.name!r}: datatype {tensor.datatype}, expected {want_type}"
             )
         shape = tensor.shape
-        wanted = ["N" if d == -1 else d for d in spec.shape]
-        if (
-            len(shape) != len(spec.shape)
-            or any(d != w for d, w in zip(shape, spec.shape, strict=True) if w != -1)
-            or shape[0] < 1
-        ):
-            raise BadRequestError(f"input {spec.name!r}: shape {shape}, expected {wanted}")
+        problem = spec.mismatch(shape)  # rank, fixed dimensions, each dynamic axis's range
+        if problem is not None:
+            raise BadRequestError(f"input {spec.name!r}: {problem}")
         if batch is not None and shape[0] != batch:
             raise BadRequestError(
                 f"input {spec.name!r}: batch {shape[0]} differs from the other inputs' {batch}"
@@ -183,6 +179,11 @@ def decode(
         raise BadRequestError(
             f"batch {batch} exceeds the largest batch size this engine was built for ({max_batch})"
         )
+    # Each input fits its own ranges; inputs sharing a named axis (ids and their mask) must
+    # also agree on its length, which no single input's check can see.
+    conflict = length_conflict(inputs, {name: array.shape for name, array in feeds.items()})
+    if conflict is not None:
+        raise BadRequestError(f"inputs: {conflict}")
     return feeds
 
 
@@ -257,12 +258,28 @@ def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": DATATYPES[spec.dtype], "shape": spec.shape}
 
 
+def warm_up_points(spec: OptimizedModelSpec) -> list[tuple[int, dict[str, int]]]:
+    """(batch, lengths of the dynamic axes) of the warm-up runs whose answers
+    `output_metadata` compares: batch 1 with every axis at its opt, then, if anything can
+    vary, batch 2 (where the engine takes it) with every axis at another length in its range
+    (its min, or its max where opt is the min). Varying them all at once is enough: an output
+    dimension that follows any of them changes, one that follows none does not."""
+    dims = spec.dims()
+    first = (1, {name: dim.optimal for name, dim in dims.items()})
+    batch_varies = max(spec.batch_sizes) >= 2 and all(t.dynamic_batch for t in spec.inputs)
+    if not batch_varies and not dims:
+        return [first]
+    other = {name: dim.min if dim.min != dim.optimal else dim.max for name, dim in dims.items()}
+    return [first, (2 if batch_varies else 1, other)]
+
+
 def output_metadata(
     names: list[str], at_one: list[Array], at_two: list[Array] | None
 ) -> list[dict[str, Any]]:
-    """Output metadata from two warm-up answers, at batch 1 and batch 2: a dimension that
-    changed with the batch is -1, as in the inputs' metadata. With one answer (an engine built
-    for batch 1 only) every dimension is as measured."""
+    """Output metadata from two warm-up answers (`warm_up_points`: batch 1 and batch 2, the
+    dynamic axes at two lengths): a dimension that changed between them follows the batch or a
+    length and is -1, as in the inputs' metadata. With one answer (an engine built for batch 1
+    only, no dynamic axis) every dimension is as measured."""
     out = []
     for i, name in enumerate(names):
         one = list(at_one[i].shape)

@@ -41,7 +41,7 @@ def usable_throughput(
     candidate = result.candidate(name) if name else None
     if candidate is None:
         return None, None
-    bench = next((b for b in candidate.benchmarks if b.batch_size == batch), None)
+    bench = candidate.measured_at(batch)
     if bench is None or bench.throughput <= 0:
         return None, f"{candidate.name} has no measurement at batch {batch}"
     if budget_ms is not None and bench.latency_ms.p99 > budget_ms:

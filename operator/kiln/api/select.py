@@ -149,18 +149,22 @@ def _objective_text(best: CandidateStatus, selection: Selection) -> str:
 
 
 # The candidate fields that repeat one batch size's benchmark, under the same names.
-_HEADLINE = ("batch_size", "latency_ms", "throughput", "speedup", "speedup_interval", "disturbed")
+_HEADLINE = (
+    "batch_size",
+    "lengths",
+    "latency_ms",
+    "throughput",
+    "speedup",
+    "speedup_interval",
+    "disturbed",
+)
 
 
 def at_decision_batch(candidate: CandidateStatus, batch: int) -> CandidateStatus:
     """The candidate's headline numbers (what selection compares and the table shows) are its
     measurements at the decision batch size; every batch size is measured, so a change of the
     decision batch only picks other stored numbers. None where it was not measured there."""
-    found = (
-        next((r for r in candidate.benchmarks if r.batch_size == batch), None)
-        if candidate.state is State.OK
-        else None
-    )
+    found = candidate.measured_at(batch) if candidate.state is State.OK else None
     if found is None and candidate.batch_size is None:
         return candidate  # numbers recorded without per-batch benchmarks: nothing to pick from
     return candidate.model_copy(update={k: getattr(found, k, None) for k in _HEADLINE})

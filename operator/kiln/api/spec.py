@@ -7,6 +7,7 @@ before any model is fetched or any Job is created.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Self
@@ -23,6 +24,7 @@ PLURAL = "optimizedmodels"
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+_DIM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class SourceFormat(StrEnum):
@@ -115,19 +117,89 @@ class Source(KilnModel):
         )
 
 
-class TensorSpec(KilnModel):
-    # The same rules as the validators below, as CEL, so `kubectl apply` rejects them too.
+BATCH_DIM = "batch"
+
+
+class DynamicAxis(KilnModel):
+    """An axis beyond the batch axis whose length varies per request (a sequence, say)."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.shape.all(d, d > 0 || d == -1) && "
-                    "(self.shape.filter(d, d == -1).size() == 0 || "
-                    "(self.shape.filter(d, d == -1).size() == 1 && self.shape[0] == -1))",
-                    "message": "dimensions must be positive; only axis 0 may be -1 "
-                    "(the dynamic batch axis)",
-                    "fieldPath": ".shape",
+                    "rule": "self.min < self.max && (!has(self.opt) || "
+                    "(self.min <= self.opt && self.opt <= self.max))",
+                    "message": "expected min < max and min <= opt <= max",
                 }
+            ]
+        }
+    )
+
+    axis: Annotated[int, Field(ge=1, le=15, description="the axis; 0 is the batch axis")]
+    name: Annotated[str, Field(max_length=63)] | None = Field(
+        default=None,
+        description="axes with the same name always have the same length (the sequence that "
+        "input_ids and attention_mask share); default <input>_<axis>",
+    )
+    min: Annotated[int, Field(ge=1)]
+    opt: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="the length engines are tuned for and the benchmark measures at by "
+        "default; default max",
+    )
+    max: Annotated[int, Field(ge=1)]
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        if value is not None and not _DIM.match(value):
+            raise ValueError(f"expected an identifier (letters, digits, '_'), got {value!r}")
+        if value == BATCH_DIM:
+            raise ValueError(f"{BATCH_DIM!r} is the batch axis's name; pick another")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if self.min >= self.max:
+            raise ValueError(
+                f"min {self.min} must be below max {self.max} (a fixed length is a number in shape)"
+            )
+        if not self.min <= self.optimal <= self.max:
+            raise ValueError(f"opt {self.opt} must lie in [min, max] = [{self.min}, {self.max}]")
+        return self
+
+    @property
+    def optimal(self) -> int:
+        return self.max if self.opt is None else self.opt
+
+    def contains(self, length: int) -> bool:
+        return self.min <= length <= self.max
+
+    def describe(self) -> str:
+        return f"[{self.min}, {self.max}]"
+
+
+class TensorSpec(KilnModel):
+    # The same rules as the validators below, as CEL, so `kubectl apply` rejects them too.
+    # With each entry's axis on a distinct -1 beyond axis 0, equal counts mean every such -1
+    # has its range.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.shape.all(d, d > 0 || d == -1)",
+                    "message": "dimensions must be positive, or -1 for a dynamic axis",
+                    "fieldPath": ".shape",
+                },
+                {
+                    "rule": "(has(self.dynamic) ? self.dynamic.size() : 0) == "
+                    "self.shape.filter(d, d == -1).size() - (self.shape[0] == -1 ? 1 : 0) && "
+                    "(!has(self.dynamic) || self.dynamic.all(a, a.axis < self.shape.size() && "
+                    "self.shape[a.axis] == -1 && self.dynamic.exists_one(b, b.axis == a.axis)))",
+                    "message": "every -1 beyond axis 0 needs exactly one dynamic entry with its "
+                    "axis, and every dynamic entry an axis that is -1 in shape",
+                    "fieldPath": ".dynamic",
+                },
             ]
         }
     )
@@ -138,10 +210,14 @@ class TensorSpec(KilnModel):
         Field(
             min_length=1,
             max_length=16,
-            description="-1 marks the dynamic batch axis (first axis only)",
+            description="-1 on axis 0 marks the dynamic batch axis; -1 on another axis marks a "
+            "dynamic axis, whose range `dynamic` gives",
         ),
     ]
     dtype: DType = DType.FLOAT32
+    dynamic: Annotated[list[DynamicAxis], Field(max_length=15)] | None = Field(
+        default=None, description="the range of each -1 beyond axis 0"
+    )
 
     @field_validator("name")
     @classmethod
@@ -154,21 +230,77 @@ class TensorSpec(KilnModel):
     @classmethod
     def _valid_shape(cls, value: list[int]) -> list[int]:
         for axis, dim in enumerate(value):
-            if dim == -1 and axis == 0:
-                continue
-            if dim <= 0:
+            if dim <= 0 and dim != -1:
                 raise ValueError(
-                    f"axis {axis} is {dim}: dimensions must be positive, "
-                    "and only axis 0 may be -1 (the dynamic batch axis)"
+                    f"axis {axis} is {dim}: dimensions must be positive, or -1 for a dynamic axis"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        given: dict[int, int] = {}
+        for k, entry in enumerate(self.dynamic or []):
+            if entry.axis >= len(self.shape) or self.shape[entry.axis] != -1:
+                raise ValueError(
+                    f"dynamic[{k}].axis: {entry.axis} is not a -1 axis of shape {self.shape}"
+                )
+            if entry.axis in given:
+                raise ValueError(f"dynamic[{k}].axis: axis {entry.axis} is listed twice")
+            given[entry.axis] = k
+        for axis, dim in enumerate(self.shape[1:], start=1):
+            if dim == -1 and axis not in given:
+                raise ValueError(
+                    f"shape: axis {axis} is -1 but has no range; add "
+                    f"dynamic: [{{axis: {axis}, min: …, max: …}}] (only axis 0, the batch "
+                    "axis, needs none)"
+                )
+        return self
 
     @property
     def dynamic_batch(self) -> bool:
         return self.shape[0] == -1
 
-    def concrete_shape(self, batch: int) -> tuple[int, ...]:
-        return (batch if self.dynamic_batch else self.shape[0], *self.shape[1:])
+    def axes(self) -> dict[int, tuple[str, DynamicAxis]]:
+        """Each dynamic axis beyond the batch axis: its dimension's name and range."""
+        return {a.axis: (a.name or f"{self.name}_{a.axis}", a) for a in self.dynamic or []}
+
+    def concrete_shape(
+        self, batch: int, lengths: Mapping[str, int] | None = None
+    ) -> tuple[int, ...]:
+        """The shape at `batch`, each dynamic axis at its length in `lengths`, else its opt."""
+        axes = self.axes()
+        shape = [batch if self.dynamic_batch else self.shape[0]]
+        for axis, dim in enumerate(self.shape[1:], start=1):
+            if axis in axes:
+                name, entry = axes[axis]
+                dim = (lengths or {}).get(name, entry.optimal)
+            shape.append(dim)
+        return tuple(shape)
+
+    def mismatch(self, shape: Sequence[int]) -> str | None:
+        """Why an actual shape (batch axis included) does not fit this input, or None."""
+        wanted = self.wanted()
+        if len(shape) != len(self.shape) or shape[0] < 1:
+            return f"shape {list(shape)}, expected {wanted}"
+        axes = self.axes()
+        for axis, (have, dim) in enumerate(zip(shape, self.shape, strict=True)):
+            if axis in axes and not axes[axis][1].contains(have):
+                name, entry = axes[axis]
+                return (
+                    f"shape {list(shape)}: axis {axis} ({name}) is {have}, "
+                    f"outside {entry.describe()}"
+                )
+            if axis not in axes and dim != -1 and have != dim:
+                return f"shape {list(shape)}, expected {wanted}"
+        return None
+
+    def wanted(self) -> list[int | str]:
+        """The shape as an error message shows it: N for the batch, min..max for a range."""
+        axes = self.axes()
+        out: list[int | str] = ["N" if self.dynamic_batch else self.shape[0]]
+        for axis, dim in enumerate(self.shape[1:], start=1):
+            out.append(f"{axes[axis][1].min}..{axes[axis][1].max}" if axis in axes else dim)
+        return out
 
 
 class Targets(KilnModel):
@@ -329,6 +461,15 @@ class Benchmark(KilnModel):
         description="CPU threads for every runtime alike; default what the process may use "
         "(cgroup CPU quota, else CPU affinity)",
     )
+    shapes: (
+        Annotated[list[dict[str, Annotated[int, Field(ge=1)]]], Field(min_length=1, max_length=8)]
+        | None
+    ) = Field(
+        default=None,
+        description="lengths of the dynamic axes to measure at, one map (axis name: length) "
+        "per shape; an axis left out is at its opt; the first shape decides selection; "
+        "default one shape, every axis at its opt",
+    )
 
     @model_validator(mode="after")
     def _rounds(self) -> Self:
@@ -479,6 +620,11 @@ class OptimizedModelSpec(KilnModel):
                     f"inputs[{i}].shape: axis 0 is fixed at {tensor.shape[0]} but batchSizes is "
                     f"{self.batch_sizes}; use -1 for a dynamic batch axis"
                 )
+        dims = self.dims()
+        for i, shape in enumerate(self.benchmark.shapes or []):
+            problem = _shape_problem(shape, dims)
+            if problem:
+                raise ValueError(f"benchmark.shapes[{i}]: {problem}")
         if Precision.INT8 in self.precisions and self.calibration is None:
             raise ValueError("calibration: required when precisions includes int8")
         unknown = sorted(set(self.accuracy.per_output) - set(self.outputs))
@@ -494,6 +640,34 @@ class OptimizedModelSpec(KilnModel):
                 f"selection.batchSize: {chosen} is not one of batchSizes {self.batch_sizes}"
             )
         return self
+
+    def dims(self) -> dict[str, DynamicAxis]:
+        """Every named dynamic axis beyond the batch axis, in the order the inputs list them.
+        Raises if one name has two ranges: they are one length, so one range."""
+        out: dict[str, DynamicAxis] = {}
+        for i, tensor in enumerate(self.inputs):
+            for axis, (name, entry) in tensor.axes().items():
+                seen = out.setdefault(name, entry)
+                if (seen.min, seen.optimal, seen.max) != (entry.min, entry.optimal, entry.max):
+                    k = [a.axis for a in tensor.dynamic or []].index(axis)
+                    raise ValueError(
+                        f"inputs[{i}].dynamic[{k}]: {name!r} is min {entry.min}, opt "
+                        f"{entry.optimal}, max {entry.max} here but min {seen.min}, opt "
+                        f"{seen.optimal}, max {seen.max} on an earlier input; axes that share a "
+                        "name share one range"
+                    )
+        return out
+
+    def length_conflict(self, shapes: Mapping[str, Sequence[int]]) -> str | None:
+        """Why the inputs' actual shapes give one named axis two lengths, or None."""
+        return length_conflict(self.inputs, shapes)
+
+    def benchmark_lengths(self) -> list[dict[str, int]]:
+        """The lengths of every dynamic axis for each shape the benchmark measures, the
+        deciding one first; one empty map where no axis beyond the batch is dynamic."""
+        dims = self.dims()
+        shapes = self.benchmark.shapes or [{}]
+        return [{n: shape.get(n, d.optimal) for n, d in dims.items()} for shape in shapes]
 
     def unknown_target(self, name: str) -> str | None:
         """Why `name` cannot be one of this spec's targets, or None if it can be."""
@@ -547,6 +721,37 @@ class OptimizedModel(KilnModel):
         if value != KIND:
             raise ValueError(f"expected {KIND}, got {value!r}")
         return value
+
+
+def length_conflict(
+    inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]]
+) -> str | None:
+    """Why actual shapes (by input name) give one named axis two lengths, or None. A function
+    of the inputs alone, so a server holding only them checks the same rule as the spec."""
+    seen: dict[str, tuple[str, int]] = {}
+    for tensor in inputs:
+        if tensor.name not in shapes:
+            continue
+        for axis, (name, _) in tensor.axes().items():
+            length = shapes[tensor.name][axis]
+            first = seen.setdefault(name, (tensor.name, length))
+            if first[1] != length:
+                return (
+                    f"{name!r} is {first[1]} in {first[0]!r} but {length} in "
+                    f"{tensor.name!r}; they share one length"
+                )
+    return None
+
+
+def _shape_problem(shape: dict[str, int], dims: dict[str, DynamicAxis]) -> str | None:
+    if not dims:
+        return "no input has a dynamic axis beyond the batch axis; leave shapes out"
+    for name, length in shape.items():
+        if name not in dims:
+            return f"{name!r} is not a dynamic axis; the spec's are {sorted(dims)}"
+        if not dims[name].contains(length):
+            return f"{name}: {length} is outside its range {dims[name].describe()}"
+    return None
 
 
 def _require_unique(names: list[str]) -> None:

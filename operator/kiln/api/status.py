@@ -94,10 +94,22 @@ class Interval(KilnModel):
         return self.low <= other.high and other.low <= self.high
 
 
+def shape_text(batch: int | None, lengths: dict[str, int] | None) -> str:
+    """A batch size and the lengths it was measured at, as tables and sentences show them:
+    `4 (seq 16)`, or `4` where no axis beyond the batch is dynamic."""
+    shown = ", ".join(f"{n} {v}" for n, v in (lengths or {}).items())
+    return f"{batch} ({shown})" if shown else str(batch)
+
+
 class BatchBenchmark(KilnModel):
     """One candidate at one batch size, measured in interleaved rounds with the baseline."""
 
     batch_size: int
+    lengths: dict[str, int] | None = Field(
+        default=None,
+        description="the length of each dynamic axis beyond the batch (benchmark.shapes); "
+        "the first shape measured at a batch size decides",
+    )
     latency_ms: Latency
     throughput: float = Field(description="samples per second")
     speedup: float | None = Field(
@@ -184,6 +196,9 @@ class CandidateStatus(KilnModel):
     )
     build_seconds: float | None = None
     batch_size: int | None = Field(default=None, description="batch size of the headline numbers")
+    lengths: dict[str, int] | None = Field(
+        default=None, description="lengths of the dynamic axes of the headline numbers"
+    )
     latency_ms: Latency | None = None
     throughput: float | None = None
     speedup: float | None = None
@@ -193,6 +208,11 @@ class CandidateStatus(KilnModel):
     )
     accuracy: AccuracyResult | None = None
     benchmarks: list[BatchBenchmark] = Field(default_factory=list)
+
+    def measured_at(self, batch: int) -> BatchBenchmark | None:
+        """The measurement that decides at `batch`: the first shape measured there, which is
+        the first of benchmark.shapes (the benchmark measures them in the order listed)."""
+        return next((b for b in self.benchmarks if b.batch_size == batch), None)
 
 
 class Environment(KilnModel):

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from kiln.api.status import CandidateStatus, OptimizedModelStatus, Phase, TargetStatus
+from kiln.api.status import (
+    CandidateStatus,
+    OptimizedModelStatus,
+    Phase,
+    TargetStatus,
+    shape_text,
+)
 
 
 class Headline(TypedDict):
@@ -75,7 +81,8 @@ def summary_of(targets: list[TargetStatus]) -> str:
         caveat = f"; measurement disturbed: {chosen.disturbed}" if chosen.disturbed else ""
         return (
             f"{chosen.speedup:.2f}x {chosen.name} on {target.name} "
-            f"(batch {chosen.batch_size}, vs {target.baseline}{caveat})"
+            f"(batch {shape_text(chosen.batch_size, chosen.lengths)}, "
+            f"vs {target.baseline}{caveat})"
         )
     reasons = [f"{t.name}: {t.selection_reason or t.reason}" for t in targets]
     return "no candidate selected (" + "; ".join(reasons) + ")" if reasons else "no targets"

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from kiln.api.select import challenge, complexity
 from kiln.api.spec import Selection
-from kiln.api.status import CandidateStatus, Capacity, OptimizedModelStatus, State, TargetStatus
+from kiln.api.status import (
+    CandidateStatus,
+    Capacity,
+    OptimizedModelStatus,
+    State,
+    TargetStatus,
+    shape_text,
+)
 from kiln.api.summary import money
 
 
@@ -27,7 +34,7 @@ def _target_verdict(target: TargetStatus, selection: Selection) -> list[str]:
     around = f" [{interval.low:.2f}-{interval.high:.2f}]" if interval else ""
     head = (
         f"{target.name}: serve {served.name}: {served.speedup:.2f}x{around} the throughput of "
-        f"{target.baseline} at batch {served.batch_size}"
+        f"{target.baseline} at batch {shape_text(served.batch_size, served.lengths)}"
     )
     if served.disturbed:
         head += f" (measurement disturbed: {served.disturbed})"
