@@ -82,6 +82,10 @@ def test_phase_and_summary() -> None:
         "cheapest_target": None,
         "savings": None,
     }
+    # A target that cannot run here is counted apart, not as one still to become ready.
+    gpu = TargetStatus(name="NVIDIA-A10G", device="cuda", state=State.SKIPPED, reason="no CUDA")
+    assert headline([*ready, gpu])["ready_targets"] == "1/1 (1 skipped)"
+    assert headline([*ready, target(None)])["ready_targets"] == "1/2"
     shaky = target("onnxruntime-cpu-fp32")
     disturbed = shaky.model_copy(
         update={

@@ -112,7 +112,7 @@ PRINTER_COLUMNS = [
         "name": "Targets",
         "type": "string",
         "jsonPath": ".status.readyTargets",
-        "description": "targets with a selected engine / all targets",
+        "description": "targets with a selected engine / targets that can run; skipped ones apart",
     },
     {"name": "Best", "type": "string", "jsonPath": ".status.best"},
     {"name": "Speedup", "type": "string", "jsonPath": ".status.bestSpeedup"},

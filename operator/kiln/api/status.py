@@ -312,7 +312,11 @@ class OptimizedModelStatus(KilnModel):
         default=None, description="selected candidate@target with the best speedup"
     )
     best_speedup: str | None = Field(default=None, description="its speedup, e.g. 2.18x")
-    ready_targets: str | None = Field(default=None, description="targets with a selection / all")
+    ready_targets: str | None = Field(
+        default=None,
+        description="targets with a selection / targets that can run here, and how many were "
+        "skipped (no such device, no runtime): `1/1 (1 skipped)`",
+    )
     cheapest_target: str | None = Field(
         default=None, description="the target that meets serving.targetThroughput for least"
     )

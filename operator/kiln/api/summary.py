@@ -8,6 +8,7 @@ from kiln.api.status import (
     CandidateStatus,
     OptimizedModelStatus,
     Phase,
+    State,
     TargetStatus,
     shape_text,
 )
@@ -61,13 +62,17 @@ def headline(targets: list[TargetStatus]) -> Headline:
     """`best`, `bestSpeedup`, `readyTargets` and `savings` for the printer columns."""
     best = best_selected(targets)
     ready = sum(1 for t in targets if t.selected)
+    # A skipped target (no such device here, no runtime) could never be ready: counting it
+    # would read as a failure to come. It is shown apart, not hidden.
+    skipped = sum(1 for t in targets if t.state is State.SKIPPED)
+    counted = f"{ready}/{len(targets) - skipped}"
     low = cheapest(targets)
     plan = low.capacity if low else None
     saved = plan.monthly_savings if plan else None
     return Headline(
         best=f"{best[0].name}@{best[1].name}" if best else None,
         best_speedup=_speedup(best[0]) if best else None,
-        ready_targets=f"{ready}/{len(targets)}",
+        ready_targets=f"{counted} ({skipped} skipped)" if skipped else counted,
         cheapest_target=low.name if low else None,
         savings=None if plan is None or saved is None else f"{money(saved, plan.currency)}/mo",
     )
