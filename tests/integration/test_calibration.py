@@ -1,6 +1,8 @@
 """INT8 calibration is correct on any sample count: the Q/DQ scales calibrated sample by
 sample equal those calibrated from the same data in one pass, for every method, including
-counts that cross the calibrators' flush every 32 samples."""
+counts that cross the calibrators' flush every 32 samples. A model with an infinite
+activation (a padding mask of -inf, as transformers add to attention scores) is quantized in
+its matrix products only, by every method, and says so."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from kiln.api.spec import CalibrationMethod
-from kiln.builder.quantize import quantize_qdq
+from kiln.builder.quantize import NARROWED, infinite_scales, quantize_qdq
 from kiln.runtime.base import Feeds
 
 pytestmark = pytest.mark.integration
@@ -69,8 +72,9 @@ def test_scales_do_not_depend_on_how_the_samples_arrive(
     def one_by_one() -> Iterator[Feeds]:
         return iter({"x": data[i : i + 1]} for i in range(count))
 
-    quantize_qdq(source, tmp_path / "a.onnx", one_by_one(), method, 99.99, _Quiet())
-    quantize_qdq(source, tmp_path / "b.onnx", iter([{"x": data}]), method, 99.99, _Quiet())
+    assert quantize_qdq(source, tmp_path / "a.onnx", one_by_one, method, 99.99, _Quiet()) is None
+    whole = lambda: iter([{"x": data}])  # noqa: E731
+    assert quantize_qdq(source, tmp_path / "b.onnx", whole, method, 99.99, _Quiet()) is None
     sample_by_sample, one_pass = scales(tmp_path / "a.onnx"), scales(tmp_path / "b.onnx")
     assert set(sample_by_sample) == set(one_pass)
     assert one_pass
@@ -79,3 +83,61 @@ def test_scales_do_not_depend_on_how_the_samples_arrive(
             assert sample_by_sample[name] == pytest.approx(scale, rel=1e-6), name
         else:  # histograms are built in steps either way: equal within their resolution
             assert sample_by_sample[name] == pytest.approx(scale, rel=0.1), name
+
+
+def masked_attention_onnx(path: Path) -> None:
+    """x [N, 2, 8], keep [N, 1, 16] -> MatMul -> + Where(keep, 0, -inf) -> Softmax -> MatMul
+    -> y [N, 2, 4]: attention over padded keys as exported transformers compute it, where the
+    mask and the sum before the softmax hold -inf. Batched (3-D), as attention is: a 2-D
+    MatMul and Add would be fused into one Gemm before quantization."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    minus_inf = numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["scores"]),
+            helper.make_node("Where", ["keep", "zero", "minus_inf"], ["mask"]),
+            helper.make_node("Add", ["scores", "mask"], ["masked"]),
+            helper.make_node("Softmax", ["masked"], ["weights"], axis=-1),
+            helper.make_node("MatMul", ["weights", "w2"], ["y"]),
+        ],
+        "attention",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8]),
+            helper.make_tensor_value_info("keep", TensorProto.BOOL, ["N", 1, 16]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4])],
+        [w1, w2, zero, minus_inf],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("method", list(CalibrationMethod))
+def test_an_infinite_activation_narrows_int8_to_the_matrix_products(
+    tmp_path: Path, method: CalibrationMethod
+) -> None:
+    source = tmp_path / "m.onnx"
+    masked_attention_onnx(source)
+    data = np.random.default_rng(1).standard_normal((64, 2, 8)).astype(np.float32)
+    keep = np.ones((64, 1, 16), bool)
+    keep[::2, :, 12:] = False  # every other sample padded
+
+    def samples() -> Iterator[Feeds]:
+        return iter({"x": data[i : i + 1], "keep": keep[i : i + 1]} for i in range(len(data)))
+
+    out = tmp_path / "q.onnx"
+    assert quantize_qdq(source, out, samples, method, 99.99, _Quiet()) == NARROWED
+    assert infinite_scales(out) == []
+    quantized = set(scales(out))
+    # The matrix products' inputs are quantized; the masked sum never is.
+    assert {"x", "weights"} <= quantized, quantized
+    assert "masked" not in quantized
+    session = onnxruntime.InferenceSession(str(out))
+    reference = onnxruntime.InferenceSession(str(source))
+    feeds = {"x": data[:8], "keep": keep[:8]}
+    (got,), (want,) = session.run(None, feeds), reference.run(None, feeds)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.05

@@ -183,3 +183,37 @@ def test_a_torchscript_archive_exports_with_its_sequence_axis(tmp_path: Path) ->
             expected = model(*(torch.from_numpy(feeds[n]) for n in NAMES))
         for got, want in zip(session.run(None, feeds), expected, strict=True):
             np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_of_a_padded_encoder_quantizes_its_matrix_products(tmp_path: Path) -> None:
+    """Calibration shards of two lengths, half the samples padded: the padding mask puts
+    -inf into the attention scores, which no INT8 range holds. The INT8 candidate is built
+    from the matrix products' Q/DQ, passes its held-out gate, and says how it was built."""
+    document = readme_spec("encoder")
+    spec = document["spec"]
+    spec["precisions"] = ["fp32", "int8"]
+    spec["backends"] = ["pytorch", "onnxruntime"]
+    spec["calibration"] = {"uri": "calibration", "samples": 40}
+    spec["accuracy"] = {"samples": 8}
+    spec["benchmark"] = dict(FAST_BENCHMARK)
+    save_encoder_program(tmp_path / spec["source"]["uri"], 8, 128)
+    (tmp_path / "calibration").mkdir()
+    for shard, length in enumerate((24, 40)):
+        feeds = tokens(24, length, seed=shard)
+        feeds["attention_mask"][::2, length - 6 :] = 0
+        np.savez(
+            tmp_path / "calibration" / f"shard{shard}.npz",
+            input_ids=feeds["input_ids"],
+            attention_mask=feeds["attention_mask"],
+        )
+    (tmp_path / "encoder.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    result = optimize(tmp_path / "encoder.yaml", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    candidates = {c["name"]: c for c in target_of(tmp_path / "out")["candidates"]}
+    int8 = candidates["onnxruntime-cpu-int8"]
+    assert int8["state"] == "OK", int8
+    assert int8["note"].startswith("INT8 in MatMul, Gemm and Conv only"), int8
+    assert int8["accuracy"]["passed"], int8["accuracy"]
+    assert "note" not in candidates["onnxruntime-cpu-fp32"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "onnxruntime-cpu-int8@cpu: INT8 in MatMul, Gemm and Conv only" in report

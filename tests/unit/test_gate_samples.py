@@ -234,7 +234,7 @@ def test_the_quantizer_never_reads_a_held_out_sample(
     read: list[list[int]] = []
 
     def fake_quantize(model: Path, out: Path, samples: Any, *args: Any) -> None:
-        read.append(ids(list(samples)))
+        read.append(ids(list(samples())))  # a fresh pass over the set per call
         out.write_bytes(b"qdq")
 
     monkeypatch.setattr(prepare, "quantize_qdq", fake_quantize)

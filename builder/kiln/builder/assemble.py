@@ -53,6 +53,7 @@ def candidate_status(found: Found) -> CandidateStatus:
             "build_seconds": found.built.seconds,
             "accuracy": found.accuracy,
             "benchmarks": found.benchmarks,
+            "note": found.built.note,
         }
     )
     if found.failure is not None:

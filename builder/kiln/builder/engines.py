@@ -29,6 +29,7 @@ class Built:
     artifact: str | None = None  # URI of what a server would load
     cached: bool = False  # the artifact was reused from storage
     failure: str | None = None
+    note: str | None = None  # how it was built, where a user should know
 
 
 class ModelUnavailableError(Exception):
@@ -64,7 +65,8 @@ def build_candidate(
         return Built(None, _since(started), failure=f"build failed: {exc}")
     except Exception as exc:
         return Built(None, _since(started), failure=f"build failed: {error_text(exc)}")
-    return Built(runner, _since(started), artifact, cached)
+    note = prepared.qdq_scope if plan.precision is Precision.INT8 else None
+    return Built(runner, _since(started), artifact, cached, note=note)
 
 
 def _since(started: float) -> float:

@@ -7,6 +7,7 @@ bad input fails in seconds, before any export runs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from kiln.api.status import State
 from kiln.builder.calibration import SampleSet, fetch_calibration, fetch_validation, iter_samples
 from kiln.builder.context import BuildContext
 from kiln.builder.export import export_onnx, export_settings
+from kiln.builder.feeds import fit_lengths
 from kiln.builder.fetch import FetchedSource, fetch_source
 from kiln.builder.fp16 import convert_fp16
 from kiln.builder.gate_samples import GateSet, Split, gate_set, plan
@@ -54,6 +56,7 @@ class Prepared:
     quantizer: Split | None = None  # what the quantizer may read; None: nothing to quantize
     qdq: ModelArtifact | None = None
     qdq_error: str | None = None
+    qdq_scope: str | None = None  # what the Q/DQ model holds, where not every op (NARROWED)
     fp16: ModelArtifact | None = None
     fp16_error: str | None = None
     stages: list[StageResult] = field(default_factory=list)
@@ -196,26 +199,43 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
         st.detail["samples"] = (
             f"{quantizer.calibrate} calibrated on, {len(quantizer.held_out)} held out"
         )
-        try:
-            prepared.qdq = _model_artifact(
-                ctx,
-                st,
-                key,
-                lambda out: quantize_qdq(
-                    prepared.onnx.path,
-                    out,
-                    iter_samples(calibration, ctx.spec, quantizer.calibrate, quantizer.skip),
-                    cal.method,
-                    cal.percentile,
-                    step,
-                ),
-                {"stage": "quantize", "calibration": calibration.uri, "method": cal.method.value},
+        # Written by the build before it is published: what the Q/DQ model holds.
+        meta: dict[str, str | None] = {
+            "stage": "quantize",
+            "calibration": calibration.uri,
+            "method": cal.method.value,
+        }
+
+        # ONNX Runtime's calibrators stack the activations of many samples, so they must
+        # share one shape: each is cut or repeated to the lengths the engines are tuned for.
+        opt = {name: dim.optimal for name, dim in ctx.spec.dims().items()}
+
+        def samples() -> Iterator[Feeds]:
+            read = iter_samples(calibration, ctx.spec, quantizer.calibrate, quantizer.skip)
+            return (fit_lengths(s, ctx.spec.inputs, opt) for s in read)
+
+        def build(out: Path) -> None:
+            meta["scope"] = quantize_qdq(
+                prepared.onnx.path,
+                out,
+                samples,
+                cal.method,
+                cal.percentile,
+                step,
             )
+
+        try:
+            prepared.qdq = _model_artifact(ctx, st, key, build, meta)
         except KilnError:  # bad input or a storage outage: not a quantization result
             raise
         except Exception as exc:  # INT8 candidates fail with this reason; others go on
             st.state, st.reason = State.FAILED, f"quantization failed: {exc}"
             prepared.qdq_error = st.reason
+        else:
+            # A reused model says what it holds from its manifest, as a new one does.
+            stored = ctx.artifacts.manifest(key) or {}
+            st.reason = stored.get("meta", {}).get("scope") or meta.get("scope")
+            prepared.qdq_scope = st.reason
     prepared.stages.append(st)
 
 

@@ -6,10 +6,13 @@ symmetric signed INT8 for activations and weights is what TensorRT requires of Q
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -59,28 +62,74 @@ def calibration_options(method: Method, percentile: float) -> dict[str, Any]:
     return options
 
 
+# What ONNX Runtime's own transformer recipe quantizes: the matrix products, where INT8 pays.
+MATRIX_OPS = ("MatMul", "Gemm", "Conv")
+NARROWED = (
+    "INT8 in MatMul, Gemm and Conv only: an activation reaches infinity on the calibration "
+    "set (as an attention mask filled with -inf does) and INT8 has no infinity, so only the "
+    "matrix products around it are quantized, as ONNX Runtime's transformer recipe does"
+)
+
+
 def quantize_qdq(
+    model: Path,
+    out: Path,
+    samples: Callable[[], Iterator[Feeds]],
+    method: Method,
+    percentile: float,
+    step: Step,
+) -> str | None:
+    """Quantize every op ONNX Runtime quantizes; where an activation is infinite (no INT8
+    range can hold it), the matrix products only. Returns None, or NARROWED: what the Q/DQ
+    model holds, for the stage's line. `samples` gives a fresh pass over the set each call."""
+    prepared = out.with_suffix(".pre.onnx")
+    # Shape inference + graph cleanup first, as ONNX Runtime's quantization guide advises.
+    quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
+    try:
+        try:
+            _quantize(prepared, out, samples(), method, percentile, step, None)
+            if not infinite_scales(out):
+                return None
+        except ValueError as exc:
+            # numpy's histogram, under the entropy and percentile calibrators, refuses an
+            # infinite range with these words.
+            if "is not finite" not in str(exc):
+                raise
+        _quantize(prepared, out, samples(), method, percentile, step, MATRIX_OPS)
+        return NARROWED
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def infinite_scales(path: Path) -> list[str]:
+    """Q/DQ scales that are not finite numbers. MinMax calibrates an infinite activation
+    without complaint, to an infinite scale whose answers are garbage."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [
+        i.name
+        for i in graph.initializer
+        if i.name.endswith("_scale") and not np.all(np.isfinite(numpy_helper.to_array(i)))
+    ]
+
+
+def _quantize(
     model: Path,
     out: Path,
     samples: Iterator[Feeds],
     method: Method,
     percentile: float,
     step: Step,
+    ops: tuple[str, ...] | None,
 ) -> None:
-    prepared = out.with_suffix(".pre.onnx")
-    # Shape inference + graph cleanup first, as ONNX Runtime's quantization guide advises.
-    quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
-    try:
-        quantize_static(
-            str(prepared),
-            str(out),
-            _Reader(samples, step),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            calibrate_method=_METHODS[method],
-            extra_options=calibration_options(method, percentile),
-        )
-    finally:
-        prepared.unlink(missing_ok=True)
+    quantize_static(
+        str(model),
+        str(out),
+        _Reader(samples, step),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=_METHODS[method],
+        op_types_to_quantize=list(ops) if ops else None,
+        extra_options=calibration_options(method, percentile),
+    )

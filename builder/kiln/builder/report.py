@@ -128,12 +128,14 @@ def rows(status: OptimizedModelStatus) -> list[list[str]]:
 
 
 def reasons(status: OptimizedModelStatus) -> list[str]:
-    """Why each skipped or failed candidate did not run, once per distinct reason."""
+    """Why each skipped or failed candidate did not run, and how a built one was built where
+    that matters (its note), once per distinct text."""
     seen: dict[str, list[str]] = {}
     for target in status.targets:
         for c in target.candidates:
-            if c.reason:
-                seen.setdefault(c.reason, []).append(f"{c.name}@{target.name}")
+            for text in (c.reason, c.note):
+                if text:
+                    seen.setdefault(text, []).append(f"{c.name}@{target.name}")
     return [f"{', '.join(names)}: {reason}" for reason, names in seen.items()]
 
 

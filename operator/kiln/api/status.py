@@ -208,6 +208,11 @@ class CandidateStatus(KilnModel):
     )
     accuracy: AccuracyResult | None = None
     benchmarks: list[BatchBenchmark] = Field(default_factory=list)
+    note: str | None = Field(
+        default=None,
+        description="how it was built, where that matters to its numbers (an INT8 model "
+        "quantized in its matrix products only, say)",
+    )
 
     def measured_at(self, batch: int) -> BatchBenchmark | None:
         """The measurement that decides at `batch`: the first shape measured there, which is
