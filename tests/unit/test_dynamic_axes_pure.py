@@ -183,3 +183,12 @@ def test_a_spec_body_with_dynamic_axes_round_trips() -> None:
     spec = text_spec()
     again = spec_of(spec.to_wire())
     assert again == spec
+
+
+def test_an_unnamed_axis_of_an_onnx_style_input_gets_an_identifier() -> None:
+    spec = minimal_spec(
+        inputs=[
+            {"name": "input.1", "shape": [-1, -1], "dynamic": [{"axis": 1, "min": 2, "max": 9}]}
+        ]
+    )
+    assert list(spec.dims()) == ["input_1_1"]

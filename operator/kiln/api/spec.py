@@ -261,8 +261,11 @@ class TensorSpec(KilnModel):
         return self.shape[0] == -1
 
     def axes(self) -> dict[int, tuple[str, DynamicAxis]]:
-        """Each dynamic axis beyond the batch axis: its dimension's name and range."""
-        return {a.axis: (a.name or f"{self.name}_{a.axis}", a) for a in self.dynamic or []}
+        """Each dynamic axis beyond the batch axis: its dimension's name and range. An
+        unnamed axis is `<input>_<axis>`, made an identifier (torch.export's Dim needs one:
+        ONNX-style input names such as `input.1` are not)."""
+        own = re.sub(r"\W", "_", self.name)
+        return {a.axis: (a.name or f"{own}_{a.axis}", a) for a in self.dynamic or []}
 
     def concrete_shape(
         self, batch: int, lengths: Mapping[str, int] | None = None
