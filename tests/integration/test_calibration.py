@@ -6,6 +6,7 @@ its matrix products only, by every method, and says so."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +142,41 @@ def test_an_infinite_activation_narrows_int8_to_the_matrix_products(
     feeds = {"x": data[:8], "keep": keep[:8]}
     (got,), (want,) = session.run(None, feeds), reference.run(None, feeds)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.05
+
+
+def test_a_layer_norm_scale_is_quantized_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ONNX Runtime logs "Axis 1 is out-of-range for weight … with rank 1" for every
+    LayerNorm vector of a transformer, then rightly quantizes it per tensor: nothing a user
+    can act on, so it is not logged; the model is quantized as before."""
+    rng = np.random.default_rng(0)
+    scale = numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "scale")
+    bias = numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "bias")
+    w = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["normed"], axis=-1),
+            helper.make_node("MatMul", ["normed", "w"], ["y"]),
+        ],
+        "norm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4])],
+        [scale, bias, w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    data = rng.standard_normal((16, 2, 16)).astype(np.float32)
+
+    def samples() -> Iterator[Feeds]:
+        return iter({"x": data[i : i + 1]} for i in range(len(data)))
+
+    method = CalibrationMethod.ENTROPY
+    with caplog.at_level(logging.WARNING):
+        assert (
+            quantize_qdq(tmp_path / "m.onnx", tmp_path / "q.onnx", samples, method, 99.99, _Quiet())
+            is None
+        )
+    assert "out-of-range" not in caplog.text, caplog.text
+    assert "normed" in scales(tmp_path / "q.onnx")  # quantized all the same

@@ -6,6 +6,7 @@ symmetric signed INT8 for activations and weights is what TensorRT requires of Q
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,17 @@ def infinite_scales(path: Path) -> list[str]:
     ]
 
 
+class _RankOneWeights(logging.Filter):
+    """Drops ONNX Runtime's "Axis 1 is out-of-range for weight … with rank 1", logged for every
+    LayerNorm scale and bias of a transformer: per-channel quantization has no channel axis
+    in a vector, so ONNX Runtime quantizes it per tensor, which is right. The warning says
+    nothing a user could act on; a weight of another rank still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("is out-of-range for weight" in message and message.endswith("rank 1"))
+
+
 def _quantize(
     model: Path,
     out: Path,
@@ -121,15 +133,21 @@ def _quantize(
     step: Step,
     ops: tuple[str, ...] | None,
 ) -> None:
-    quantize_static(
-        str(model),
-        str(out),
-        _Reader(samples, step),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        calibrate_method=_METHODS[method],
-        op_types_to_quantize=list(ops) if ops else None,
-        extra_options=calibration_options(method, percentile),
-    )
+    quiet = _RankOneWeights()
+    root = logging.getLogger()  # where ONNX Runtime's quantizer logs
+    root.addFilter(quiet)
+    try:
+        quantize_static(
+            str(model),
+            str(out),
+            _Reader(samples, step),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=_METHODS[method],
+            op_types_to_quantize=list(ops) if ops else None,
+            extra_options=calibration_options(method, percentile),
+        )
+    finally:
+        root.removeFilter(quiet)
