@@ -175,7 +175,7 @@ def export_program(
     the largest batch size and every other dynamic axis over its range. Traced at batch 2
     where it can be: at 1, export specialises the axis to a constant."""
     largest = spec.batch_sizes[-1]
-    dynamic = largest >= 2 and all(t.dynamic_batch for t in spec.inputs)
+    dynamic = spec.batch_varies
     batch = 2 if dynamic else spec.batch_sizes[0]
     feeds = random_feeds(spec.inputs, batch, seed=1, lengths=trace_lengths(spec, batch))
     names = [t.name for t in spec.inputs]

@@ -12,7 +12,7 @@ from kiln.api.keys import cache_key
 from kiln.api.layout import MODEL_DOCUMENT, RESULT_FILE
 from kiln.api.select import reselect
 from kiln.api.spec import Backend, OptimizedModelSpec
-from kiln.api.status import AccuracyGate, BatchBenchmark, Environment, TargetStatus
+from kiln.api.status import AccuracyGate, BatchBenchmark, Environment, TargetStatus, shape_text
 from kiln.builder.aoti import package_key
 from kiln.builder.assemble import Found, measured_target, skipped_target
 from kiln.builder.benchmark import measure_rounds, results
@@ -213,7 +213,7 @@ def _benchmark(
     total = len(spec.batch_sizes) * len(shapes)
     with ctx.reporter.step(f"[{target.name}] benchmark", total=total) as step:
         for batch, lengths in itertools.product(spec.batch_sizes, shapes):
-            where = f"batch {batch}" + "".join(f", {n} {v}" for n, v in lengths.items())
+            where = f"batch {shape_text(batch, lengths)}"
             fitted = [fit_lengths(s, spec.inputs, lengths) for s in prepared.samples]
             feeds = stack(fitted, batch)
             staged: dict[str, Runner] = {}

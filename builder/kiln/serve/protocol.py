@@ -266,11 +266,10 @@ def warm_up_points(spec: OptimizedModelSpec) -> list[tuple[int, dict[str, int]]]
     dimension that follows any of them changes, one that follows none does not."""
     dims = spec.dims()
     first = (1, {name: dim.optimal for name, dim in dims.items()})
-    batch_varies = max(spec.batch_sizes) >= 2 and all(t.dynamic_batch for t in spec.inputs)
-    if not batch_varies and not dims:
+    if not spec.batch_varies and not dims:
         return [first]
     other = {name: dim.min if dim.min != dim.optimal else dim.max for name, dim in dims.items()}
-    return [first, (2 if batch_varies else 1, other)]
+    return [first, (2 if spec.batch_varies else 1, other)]
 
 
 def output_metadata(

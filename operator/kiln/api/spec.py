@@ -644,6 +644,12 @@ class OptimizedModelSpec(KilnModel):
             )
         return self
 
+    @property
+    def batch_varies(self) -> bool:
+        """Every input takes a batch axis, and some batch size above 1 is asked for: what an
+        engine must keep dynamic (tracing at batch 1 would make the axis a constant)."""
+        return self.batch_sizes[-1] >= 2 and all(t.dynamic_batch for t in self.inputs)
+
     def dims(self) -> dict[str, DynamicAxis]:
         """Every named dynamic axis beyond the batch axis, in the order the inputs list them.
         Raises if one name has two ranges: they are one length, so one range."""
