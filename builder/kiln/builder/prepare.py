@@ -43,6 +43,8 @@ class ModelArtifact:
     path: Path
     uri: str
     cached: bool
+    # What its manifest records about how it was made (a reused one's, from storage).
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,10 +58,14 @@ class Prepared:
     quantizer: Split | None = None  # what the quantizer may read; None: nothing to quantize
     qdq: ModelArtifact | None = None
     qdq_error: str | None = None
-    qdq_scope: str | None = None  # what the Q/DQ model holds, where not every op (NARROWED)
     fp16: ModelArtifact | None = None
     fp16_error: str | None = None
     stages: list[StageResult] = field(default_factory=list)
+
+    @property
+    def qdq_scope(self) -> str | None:
+        """What the Q/DQ model holds where it is not every op (quantize.NARROWED), else None."""
+        return self.qdq.meta.get("scope") if self.qdq else None
 
     @property
     def samples(self) -> list[Feeds]:
@@ -75,15 +81,17 @@ def _model_artifact(
     ctx: BuildContext, stage: StageResult, key: str, build: Any, meta: dict[str, Any]
 ) -> ModelArtifact:
     """Reuse `key` from storage when complete, else build it locally and publish it."""
-    if not ctx.force and ctx.artifacts.manifest(key) is not None:
+    stored = None if ctx.force else ctx.artifacts.manifest(key)
+    if stored is not None:
         stage.cached = True
         path = ctx.artifacts.fetch(key, MODEL_FILE)
-        return ModelArtifact(key, path, ctx.artifacts.location(key, MODEL_FILE).uri, True)
+        uri = ctx.artifacts.location(key, MODEL_FILE).uri
+        return ModelArtifact(key, path, uri, True, stored.get("meta") or {})
     out = ctx.work_dir / key / MODEL_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     build(out)
     ctx.artifacts.publish(key, {MODEL_FILE: out}, meta)
-    return ModelArtifact(key, out, ctx.artifacts.location(key, MODEL_FILE).uri, False)
+    return ModelArtifact(key, out, ctx.artifacts.location(key, MODEL_FILE).uri, False, meta)
 
 
 def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
@@ -233,9 +241,7 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
             prepared.qdq_error = st.reason
         else:
             # A reused model says what it holds from its manifest, as a new one does.
-            stored = ctx.artifacts.manifest(key) or {}
-            st.reason = stored.get("meta", {}).get("scope") or meta.get("scope")
-            prepared.qdq_scope = st.reason
+            st.reason = prepared.qdq_scope
     prepared.stages.append(st)
 
 
