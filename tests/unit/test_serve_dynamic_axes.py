@@ -20,6 +20,7 @@ from kiln.serve.protocol import (
     output_metadata,
     warm_up_points,
 )
+from tests.fixtures.specs import minimal_spec
 
 SEQ = {"axis": 1, "name": "seq", "min": 8, "opt": 64, "max": 128}
 TEXT = [
@@ -44,15 +45,7 @@ def text_request(ids: int, mask: int | None = None, batch: int = 1) -> InferRequ
 
 
 def model_spec(inputs: list[dict[str, Any]], batch_sizes: list[int]) -> OptimizedModelSpec:
-    return OptimizedModelSpec.model_validate(
-        {
-            "source": {"uri": "m.onnx"},
-            "inputs": inputs,
-            "outputs": ["y"],
-            "batchSizes": batch_sizes,
-            "precisions": ["fp32"],
-        }
-    )
+    return minimal_spec(inputs=inputs, batchSizes=batch_sizes)
 
 
 # decode
