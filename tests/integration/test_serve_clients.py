@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
+from kiln.serve.body import RAW_FROM
 from tests.conftest import free_port
 from tests.integration.test_serve import optimized, reference, start
 
@@ -97,6 +98,37 @@ def test_mixed_json_and_binary_and_what_a_bad_binary_body_gets(server: str) -> N
         assert response.status_code == 400, (expected, response.text)
         assert expected in response.json()["error"], response.text
     assert post(server, *binary_body(good, raw)).status_code == 200  # and it serves on
+
+
+def test_bodies_the_server_reads_into_one_buffer(server: str, optimized: Path) -> None:
+    """Bodies from RAW_FROM bytes up (kiln.serve.body), JSON and binary with a JSON header,
+    then a small one on the same connection: each answered as the engine answers."""
+    data = image(8, seed=4)
+    values = {"name": "image", "shape": [8, 3, 16, 16], "datatype": "FP32"}
+    padding = {"name": "logits", "parameters": {"binary_data": False, "note": "x" * RAW_FROM}}
+    as_json = json.dumps({"inputs": [{**values, "data": data.ravel().tolist()}]}).encode()
+    header = {
+        "inputs": [{**values, "parameters": {"binary_data_size": data.nbytes}}],
+        "outputs": [padding],  # a large JSON header ahead of the binary tensor
+    }
+    expected = reference(optimized, data)
+    with httpx.Client(timeout=30) as client:
+        for body, headers in [
+            (as_json, {"content-type": "application/json"}),
+            binary_body(header, data.tobytes()),
+        ]:
+            assert len(body) >= RAW_FROM
+            answer = client.post(f"{server}/v2/models/tiny/infer", content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            got = np.asarray(answer.json()["outputs"][0]["data"], np.float32).reshape(8, 4)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        small = client.post(
+            f"{server}/v2/models/tiny/infer",
+            content=json.dumps(
+                {"inputs": [{**values, "shape": [1, 3, 16, 16], "data": data[:1].ravel().tolist()}]}
+            ),
+        )
+        assert small.status_code == 200, small.text
 
 
 def test_tritonclient_grpc(server: str, optimized: Path) -> None:

@@ -421,6 +421,7 @@ def serve(
     from kiln.runtime.devices import local_gpu
     from kiln.runtime.dtypes import NUMPY_DTYPES
     from kiln.serve.app import ModelInfo, create_app
+    from kiln.serve.body import raw_body_protocol
     from kiln.serve.drain import Draining, DrainingServer
     from kiln.serve.loading import (
         check_servable,
@@ -471,11 +472,12 @@ def serve(
         output_meta=output_metadata(spec.outputs, at_one, at_two),
     )
     draining = Draining()
+    max_body = int(max_body_mb * (1 << 20))
     app_ = create_app(
         info,
         lambda feeds: infer(runner, feeds),
         batch_window_ms,
-        int(max_body_mb * (1 << 20)),
+        max_body,
         f"{host}:{grpc_port}" if grpc_port else None,
         engine_thread,
         draining,
@@ -486,7 +488,9 @@ def serve(
         + (f" and grpc://{host}:{grpc_port}" if grpc_port else ""),
         err=True,
     )
-    config = uvicorn.Config(app_, host=host, port=port, log_level="warning")
+    config = uvicorn.Config(
+        app_, host=host, port=port, log_level="warning", http=raw_body_protocol(max_body)
+    )
     DrainingServer(config, draining, drain_seconds).run()
 
 

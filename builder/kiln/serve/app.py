@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from kiln.api.version import VERSION
 from kiln.serve.batching import Batcher, Infer
+from kiln.serve.body import RAW_BODY
 from kiln.serve.drain import Draining
 from kiln.serve.metrics import Metrics
 from kiln.serve.protocol import (
@@ -163,7 +164,10 @@ def create_app(
             return error(
                 413, f"request body of {declared} bytes exceeds {max_body_bytes}", "too_large"
             )
-        body = await request.body()
+        # A large body the server read into one buffer (kiln.serve.body) comes beside an
+        # empty ASGI body; any other, from this or another ASGI server, as the ASGI body.
+        body: bytes | bytearray = await request.body()
+        body = request.scope.get("extensions", {}).get(RAW_BODY) or body
         if len(body) > max_body_bytes:
             return error(413, f"request body exceeds {max_body_bytes} bytes", "too_large")
         received = time.perf_counter_ns()  # the server's own time starts with a whole body
@@ -174,7 +178,7 @@ def create_app(
             metrics.latency.observe(time.perf_counter() - started)
         return answer
 
-    async def _infer(body: bytes, header_length: str | None) -> Response:
+    async def _infer(body: bytes | bytearray, header_length: str | None) -> Response:
         try:
             header, binary = split_body(body, header_length)
             parsed = InferRequest.model_validate_json(header)

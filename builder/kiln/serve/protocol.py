@@ -96,7 +96,9 @@ HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data", "statistics"]
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+def split_body(
+    body: bytes | bytearray, header_length: str | None
+) -> tuple[bytes | bytearray, memoryview]:
     """(JSON header, the binary bytes after it)."""
     view = memoryview(body)
     if header_length is None:
