@@ -11,12 +11,16 @@ the server's own account (Triton's statistics extension, read before and after t
 mean time per request from a whole request body to a ready response, and of that its overhead,
 what is left after queueing and compute (perf_analyzer's "Server: Overhead"). With Go on PATH,
 binary REST is also driven by benchmarks/serve_client, a native client (standard library only)
-whose own cost is small, so its end-to-end figures are mostly the server's and the engine's.
+whose own cost is small, so its end-to-end figures are mostly the server's and the engine's;
+the same client against the same program serving the transport floor (a Go HTTP server that
+reads each body and answers with as many bytes as kiln serve does, with no other work) gives the
+least any server could add on this machine: moving the bytes over loopback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import socket
@@ -26,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -210,7 +214,8 @@ def start_server(
             time.sleep(0.3)
 
 
-Row = tuple[str, float, float, float, dict[str, dict[str, int]], dict[str, dict[str, int]]]
+Stats = dict[str, dict[str, int]]
+Row = tuple[str, float, float, float, Stats | None, Stats | None]
 
 
 def native_rows(
@@ -228,16 +233,43 @@ def native_rows(
     body_file.write_bytes(body)
     length = int(headers["Inference-Header-Content-Length"])
     model = url.rsplit("/", 2)[-2]
+    answer = httpx.post(url, content=body, headers=headers, timeout=60)
+    answer.raise_for_status()
     rows: list[Row] = []
-    for clients in (1, 8, 32):
-        before = server_stats(base, model)
-        p50, p99, rate = native_run(
-            binary, url, body_file, length, max(requests, 2 * clients), clients
-        )
-        after = server_stats(base, model)
-        how = "batch 1, one at a time" if clients == 1 else f"{clients} clients"
-        rows.append((f"binary REST (Go client), {how}", p50, p99, rate, before, after))
+    with floor_server(binary, len(answer.content)) as floor_url:
+        for clients in (1, 8, 32):
+            how = "batch 1, one at a time" if clients == 1 else f"{clients} clients"
+            count = max(requests, 2 * clients)
+            p50, p99, rate = native_run(binary, floor_url, body_file, length, count, clients)
+            rows.append((f"transport floor (Go server), {how}", p50, p99, rate, None, None))
+            before = server_stats(base, model)
+            p50, p99, rate = native_run(binary, url, body_file, length, count, clients)
+            after = server_stats(base, model)
+            rows.append((f"binary REST (Go client), {how}", p50, p99, rate, before, after))
     return rows
+
+
+@contextlib.contextmanager
+def floor_server(binary: Path, response_bytes: int) -> Iterator[str]:
+    """benchmarks/serve_client serving the transport floor; yields its URL."""
+    port = free_port()
+    command = [str(binary), "-serve", f"127.0.0.1:{port}", "-response-bytes", str(response_bytes)]
+    server = subprocess.Popen(command)
+    url = f"http://127.0.0.1:{port}/floor"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(url, content=b"x", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the transport floor server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def main() -> int:
@@ -303,25 +335,31 @@ def main() -> int:
         f"{size:.1f} MB as JSON, {sum(a.nbytes for a in feeds.values()) / 1e6:.1f} MB binary"
     )
     print(
-        f"{'path':<48} {'p50 ms':>9} {'p99 ms':>9} {'x engine p50':>13} {'samples/s':>10} "
+        f"{'path':<54} {'p50 ms':>9} {'p99 ms':>9} {'x engine p50':>13} {'samples/s':>10} "
         f"{'x engine /s':>12} {'server ms':>10} {'compute ms':>11} {'overhead us':>12}"
     )
     rate = 1000 / r50
     print(
-        f"{'engine alone, batch 1':<48} {r50:>9.2f} {alone.latency_ms.p99:>9.2f} {1.0:>13.2f} "
+        f"{'engine alone, batch 1':<54} {r50:>9.2f} {alone.latency_ms.p99:>9.2f} {1.0:>13.2f} "
         f"{rate:>10.1f} {1.0:>12.2f}"
     )
-    for label, p50, p99, throughput, before, after in rows:
-        seen = breakdown(after, before)
-        server_ms, compute_ms, overhead_us = (
-            (seen.server_ns / 1e6, seen.compute_ns / 1e6, seen.overhead_ns / 1e3)
+    for label, p50, p99, throughput, start, end in rows:
+        seen = breakdown(end, start) if start is not None and end is not None else None
+        own = (
+            f"{seen.server_ns / 1e6:>10.2f} {seen.compute_ns / 1e6:>11.2f} "
+            f"{seen.overhead_ns / 1e3:>12.0f}"
             if seen is not None
-            else (float("nan"),) * 3
+            else f"{'-':>10} {'-':>11} {'-':>12}"
         )
         print(
-            f"{label:<48} {p50:>9.2f} {p99:>9.2f} {p50 / r50:>13.2f} {throughput:>10.1f} "
-            f"{throughput / rate:>12.2f} {server_ms:>10.2f} {compute_ms:>11.2f} "
-            f"{overhead_us:>12.0f}"
+            f"{label:<54} {p50:>9.2f} {p99:>9.2f} {p50 / r50:>13.2f} {throughput:>10.1f} "
+            f"{throughput / rate:>12.2f} {own}"
+        )
+    floor = next((p50 for label, p50, *_ in rows if label.startswith("transport floor")), None)
+    if floor is not None:
+        print(
+            f"least possible at batch 1 (engine alone + transport floor): {r50 + floor:.2f} ms, "
+            f"{(r50 + floor) / r50:.2f}x the engine"
         )
     return 0
 

@@ -5,6 +5,12 @@
 //	go run . -url URL -body FILE -header-length N [-requests 40] [-clients 1]
 //
 // Prints one JSON line: the latencies' p50 and p99 in ms, and requests per second.
+//
+//	go run . -serve ADDR -response-bytes N
+//
+// serves the transport floor instead: an HTTP server that reads each request's whole body and
+// answers with N bytes and no other work, so that what the client measures against it is the
+// cost of moving those bytes over this machine's loopback, the least any server could take.
 package main
 
 import (
@@ -99,13 +105,37 @@ func run(url string, body []byte, headerLength string, requests, clients int) re
 	return out
 }
 
+// floor answers every request, once its whole body is read, with `response`.
+func floor(address string, response []byte) error {
+	length := strconv.Itoa(len(response))
+	handler := func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", length)
+		_, _ = w.Write(response)
+	}
+	return http.ListenAndServe(address, http.HandlerFunc(handler))
+}
+
 func main() {
+	serve := flag.String("serve", "", "serve the transport floor on this address instead")
+	responseBytes := flag.Int("response-bytes", 0, "with -serve: bytes in each answer")
 	url := flag.String("url", "", "the model's infer URL")
 	bodyFile := flag.String("body", "", "file holding the whole request body")
 	headerLength := flag.Int("header-length", 0, "length of the JSON header in the body")
 	requests := flag.Int("requests", 40, "timed requests")
 	clients := flag.Int("clients", 1, "concurrent clients")
 	flag.Parse()
+	if *serve != "" {
+		if err := floor(*serve, make([]byte, *responseBytes)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	body, err := os.ReadFile(*bodyFile)
 	if err != nil || *url == "" {
 		fmt.Fprintln(os.Stderr, "usage: -url URL -body FILE -header-length N:", err)
