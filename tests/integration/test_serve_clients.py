@@ -4,9 +4,11 @@ checked against the engine itself; bad binary bodies get a 400 that says what wa
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -196,3 +198,48 @@ def test_statistics_account_for_every_request_over_http_and_grpc(optimized: Path
     # The same counters over gRPC (uint64 fields come back as JSON strings).
     assert int(over_grpc["inference_count"]) == 10
     assert int(over_grpc["inference_stats"]["success"]["count"]) == 4
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_kserve_sdk_rest_and_grpc(server: str, optimized: Path, binary: bool) -> None:
+    """KServe's own Python SDK (its v2 clients, REST and gRPC), as a KServe user calls an
+    InferenceService: health and readiness, then inference with the answers the engine gives.
+    REST sends JSON or binary tensors and asks for outputs the same way."""
+    from kserve import (
+        InferenceGRPCClient,
+        InferenceRESTClient,
+        InferInput,
+        InferRequest,
+        RESTConfig,
+    )
+    from kserve.protocol.infer_type import RequestedOutput
+
+    data = image(4, seed=6)
+    expected = reference(optimized, data)
+
+    def request() -> InferRequest:
+        tensor = InferInput("image", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data, binary_data=binary)
+        wanted = RequestedOutput("logits", {"binary_data": binary})
+        return InferRequest("tiny", [tensor], request_id="k-1", request_outputs=[wanted])
+
+    async def over_rest() -> tuple[bool, bool, Any]:
+        async with InferenceRESTClient(RESTConfig(protocol="v2", retries=0)) as client:
+            live = await client.is_server_live(server)
+            ready = await client.is_model_ready(server, "tiny")
+            return live, ready, await client.infer(server, request(), model_name="tiny")
+
+    async def over_grpc() -> tuple[bool, bool, Any]:
+        async with InferenceGRPCClient(f"127.0.0.1:{GRPC_PORT}", retries=0) as client:
+            live = await client.is_server_live()
+            ready = await client.is_model_ready("tiny")
+            return live, ready, await client.infer(request())
+
+    for call in (over_rest, over_grpc):
+        live, ready, answer = asyncio.run(call())
+        assert (live, ready) == (True, True), call.__name__
+        assert answer.model_name == "tiny"
+        assert answer.id == "k-1"
+        (output,) = answer.outputs
+        assert (output.name, list(output.shape), output.datatype) == ("logits", [4, 4], "FP32")
+        np.testing.assert_allclose(output.as_numpy(), expected, rtol=1e-5, atol=1e-6)
