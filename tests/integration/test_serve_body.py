@@ -38,6 +38,12 @@ async def digest_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             )
             if done:
                 return
+    if scope["path"] == "/early":  # answers without reading the body, as a 404 or 413 does
+        await send(
+            {"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]}
+        )
+        await send({"type": "http.response.body", "body": b""})
+        return
     chunks, more = [], True
     while more:
         message = await receive()
@@ -175,6 +181,26 @@ def test_expect_continue_waits_for_the_app(port: int) -> None:
         status, answer = read_response(sock, bytearray())
     assert status == 200
     expect(answer, body, raw=True)
+
+
+def test_an_answer_before_the_body_then_the_next_request(port: int) -> None:
+    """The app answers before the body is read (a 404 does): the rest of the body still
+    arrives and is dropped, and the next request on the connection is read as its own."""
+    early = body_of(400_000, 13)
+    data = request(early).replace(b"/v2/models/m/infer", b"/early")
+    split = data.index(b"\r\n\r\n") + 4 + 100
+    after = body_of(200_000, 14)
+    with connect(port) as sock:
+        sock.sendall(data[:split])
+        buffered = bytearray()
+        while b"\r\n\r\n" not in buffered:
+            buffered += sock.recv(65536)
+        assert buffered.startswith(b"HTTP/1.1 404")
+        buffered.clear()
+        sock.sendall(data[split:] + request(after))
+        status, answer = read_response(sock, buffered)
+    assert status == 200
+    expect(answer, after, raw=True)
 
 
 def test_chunked_and_oversized_bodies_take_uvicorns_path(port: int) -> None:
