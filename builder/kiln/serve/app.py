@@ -166,8 +166,9 @@ def create_app(
             )
         # A large body the server read into one buffer (kiln.serve.body) comes beside an
         # empty ASGI body; any other, from this or another ASGI server, as the ASGI body.
-        body: bytes | bytearray = await request.body()
-        body = request.scope.get("extensions", {}).get(RAW_BODY) or body
+        asgi_body = await request.body()  # also waits for a buffered body to be whole
+        raw = request.scope.get("extensions", {}).get(RAW_BODY)
+        body = memoryview(raw) if raw is not None else asgi_body
         if len(body) > max_body_bytes:
             return error(413, f"request body exceeds {max_body_bytes} bytes", "too_large")
         received = time.perf_counter_ns()  # the server's own time starts with a whole body
@@ -178,7 +179,7 @@ def create_app(
             metrics.latency.observe(time.perf_counter() - started)
         return answer
 
-    async def _infer(body: bytes | bytearray, header_length: str | None) -> Response:
+    async def _infer(body: bytes | memoryview, header_length: str | None) -> Response:
         try:
             header, binary = split_body(body, header_length)
             parsed = InferRequest.model_validate_json(header)

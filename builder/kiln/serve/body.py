@@ -4,12 +4,15 @@ uvicorn's HTTP protocol copies a body four times on its way to a handler: the ev
 a bytes object of each read, the HTTP parser another of each body fragment, the request cycle
 appends them to a bytearray, and `receive()` makes one bytes object of that. For a 2.5 MB
 tensor body that cost 1.1-1.3 ms per request on the project's CPU machine, a sixth of the
-lipsync engine's own time (measured against a bare protocol reading the same bytes:
-benchmarks/serve_overhead.py's "transport floor" row and README's serving section).
+lipsync engine's own time (a trivial app before and after, same client and bytes: README's
+serving section).
 
 So a buffered protocol wraps a subclass of uvicorn's: once a request's headers say it has a
 body of known length, at least RAW_FROM bytes and at most the server's limit, it allocates that
-buffer and lets the event loop read into it, bypassing the parser for the body. The app gets
+buffer and lets the event loop read into it, bypassing the parser for the body. The buffer is
+left uninitialised (numpy's `empty`, not a zero-filled bytearray): its pages are only committed
+as the body's bytes land in them, so a client that declares a large body and sends little of
+it costs the server no more memory than uvicorn's own path would. The app gets
 the buffer, not a copy, in `scope["extensions"][RAW_BODY]`, and reads an empty ASGI body with
 `more_body` false once it is whole (kiln.serve.app reads both). Every other request (small,
 chunked, over the limit, pipelined behind another) goes through uvicorn's own path unchanged,
@@ -26,6 +29,8 @@ import asyncio
 from typing import Any
 
 import httptools
+import numpy as np
+import numpy.typing as npt
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 RAW_BODY = "kiln.raw_body"  # the ASGI scope extension that carries a whole body
@@ -61,7 +66,7 @@ def raw_body_protocol(max_bytes: int) -> type[asyncio.Protocol]:
     class RawBodyHttp(HttpToolsProtocol):
         """uvicorn's protocol, taking over a large body's bytes from its parser."""
 
-        raw: bytearray | None = None
+        raw: npt.NDArray[np.uint8] | None = None
         view: memoryview
         filled = 0
 
@@ -71,8 +76,8 @@ def raw_body_protocol(max_bytes: int) -> type[asyncio.Protocol]:
             started = self.cycle is not before and not self.pipeline  # not queued, not upgraded
             length = content_length(self.headers)
             if started and length is not None and RAW_FROM <= length <= max_bytes:
-                self.raw = bytearray(length)
-                self.view = memoryview(self.raw)
+                self.raw = np.empty(length, np.uint8)  # uninitialised: see the module
+                self.view = self.raw.data
                 self.filled = 0
 
         def on_body(self, body: bytes) -> None:

@@ -96,24 +96,22 @@ HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data", "statistics"]
 
 
-def split_body(
-    body: bytes | bytearray, header_length: str | None
-) -> tuple[bytes | bytearray, memoryview]:
-    """(JSON header, the binary bytes after it)."""
+def split_body(body: bytes | memoryview, header_length: str | None) -> tuple[bytes, memoryview]:
+    """(JSON header, the binary bytes after it, as a view: never copied)."""
     view = memoryview(body)
     if header_length is None:
-        return body, view[len(body) :]
+        return bytes(body), view[len(view) :]  # bytes(bytes) is the same object, no copy
     try:
         length = int(header_length)
     except ValueError:
         raise BadRequestError(
             f"Inference-Header-Content-Length {header_length!r} is not a number"
         ) from None
-    if not 0 < length <= len(body):
+    if not 0 < length <= len(view):
         raise BadRequestError(
-            f"Inference-Header-Content-Length {length} is outside the body of {len(body)} bytes"
+            f"Inference-Header-Content-Length {length} is outside the body of {len(view)} bytes"
         )
-    return body[:length], view[length:]
+    return bytes(view[:length]), view[length:]
 
 
 def binary_inputs(request: InferRequest, binary: memoryview) -> dict[str, memoryview]:
