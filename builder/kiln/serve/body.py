@@ -9,16 +9,19 @@ serving section).
 
 So a buffered protocol wraps a subclass of uvicorn's: once a request's headers say it has a
 body of known length, at least RAW_FROM bytes and at most the server's limit, it allocates that
-buffer and lets the event loop read into it, bypassing the parser for the body. The buffer is
-left uninitialised (numpy's `empty`, not a zero-filled bytearray): its pages are only committed
-as the body's bytes land in them, so a client that declares a large body and sends little of
-it costs the server no more memory than uvicorn's own path would. The app gets
+buffer and lets the event loop read into it, bypassing the parser for the body. The app gets
 the buffer, not a copy, in `scope["extensions"][RAW_BODY]`, and reads an empty ASGI body with
-`more_body` false once it is whole (kiln.serve.app reads both). Every other request (small,
-chunked, over the limit, pipelined behind another) goes through uvicorn's own path unchanged,
-and every header, `Expect: 100-continue`, keep-alive and disconnect rule stays uvicorn's. After
-a buffered body the parser, which never saw it, is replaced by a fresh one made as uvicorn
-makes it; reads never run past the body, so the next request's bytes reach the fresh parser.
+`more_body` false once it is whole (kiln.serve.app reads both).
+
+The buffer is left uninitialised (numpy's `empty`, not a zero-filled bytearray): its pages are
+committed only as the body's bytes land in them, so a client that declares a large body and
+sends little of it costs the server no more memory than uvicorn's own path would.
+
+Every other request (small, chunked, over the limit, pipelined behind another) goes through
+uvicorn's own path unchanged, and every header, `Expect: 100-continue`, keep-alive and
+disconnect rule stays uvicorn's. After a buffered body the parser, which never saw it, is
+replaced by a fresh one made as uvicorn makes it; reads never run past the body, so the next
+request's bytes reach the fresh parser.
 
 This leans on uvicorn's protocol internals (its parser callbacks, `cycle`, `pipeline`);
 tests/integration/test_serve_body.py drives each path over real sockets."""
