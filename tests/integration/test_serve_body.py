@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ import uvicorn
 
 from kiln.serve.body import RAW_BODY, RAW_FROM, raw_body_protocol
 from tests.conftest import free_port
+from tests.integration.test_serve_load import rss_mib
 
 pytestmark = pytest.mark.integration
 
@@ -237,26 +238,18 @@ def test_a_client_gone_mid_body_leaves_the_server_serving(port: int) -> None:
     expect(answer, body, raw=True)
 
 
-def rss_mib() -> float:
-    """This process's resident memory: the server runs on a thread of it."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_declared_but_unsent_bodies_cost_no_memory(port: int) -> None:
     """40 clients each declare a body at the limit and send one byte of it: the buffers are
     allocated but not committed (160 MiB if they were), as uvicorn's own path commits only
     what arrives."""
     head = request(b"").replace(b"Content-Length: 0", b"Content-Length: %d" % LIMIT)
-    before = rss_mib()
+    before = rss_mib(os.getpid())  # the server runs on a thread of this process
     sockets = [connect(port) for _ in range(40)]
     try:
         for sock in sockets:
             sock.sendall(head + b"x")
         time.sleep(0.5)  # for the server to read every header and allocate every buffer
-        grown = rss_mib() - before
+        grown = rss_mib(os.getpid()) - before
     finally:
         for sock in sockets:
             sock.close()
