@@ -203,15 +203,24 @@ def start_server(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
+    ready = f"http://127.0.0.1:{port}/v2/health/ready"
+    wait_ready(lambda: httpx.get(ready, timeout=1), server, 120, "server")
+    return server
+
+
+def wait_ready(
+    ask: Callable[[], httpx.Response], process: subprocess.Popen[bytes], seconds: float, what: str
+) -> None:
+    """Until `ask` gets a success: exits if `process` ends or `seconds` pass first."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
-            httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).raise_for_status()
-            return server
+            ask().raise_for_status()
+            return
         except httpx.HTTPError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("server did not start") from None
-            time.sleep(0.3)
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit(f"{what} did not start") from None
+            time.sleep(0.2)
 
 
 Stats = dict[str, dict[str, int]]
@@ -257,15 +266,7 @@ def floor_server(binary: Path, response_bytes: int) -> Iterator[str]:
     server = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}/floor"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(url, content=b"x", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the transport floor server did not start") from None
-                time.sleep(0.1)
+        wait_ready(lambda: httpx.post(url, content=b"x", timeout=1), server, 30, "the floor server")
         yield url
     finally:
         server.terminate()
