@@ -77,6 +77,7 @@ def rootfs_tarball(mirror: str | None, log: Path) -> Path:
         root = Path(tmp) / "root"
         argv = [program("debootstrap"), "--variant=minbase", f"--include={','.join(PACKAGES)}"]
         argv += [SUITE, str(root), *([mirror] if mirror else [])]
+        log.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no .kiln/ yet
         with log.open("ab") as out:
             subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=True)
         for dropped in DROPPED:
