@@ -10,11 +10,14 @@ EXTRAS ?= builder,cpu,serve,operator,dev
 
 setup: $(STAMP)
 
-# Re-install whenever the project's declared dependencies change.
+# Re-install whenever the project's declared dependencies change. setuptools notes on every
+# editable install of a tree like this one (packages mapped from other folders) that a folder
+# named like a package in the working directory would shadow it; none here is (they live under
+# operator/ and builder/), so that one note is filtered out by its text, and nothing else.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	PYTHONWARNINGS='ignore:Editable installation.' $(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 demo: $(STAMP)
