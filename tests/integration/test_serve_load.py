@@ -80,11 +80,12 @@ def answers(out: Path, indexes: range) -> dict[int, np.ndarray]:
     return {i: session.run(None, {"image": image_of(i)})[0] for i in indexes}
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MiB: all of it (VmRSS), or one part (RssAnon, RssFile)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def slow_request(port: int, body: bytes, pause: float) -> tuple[int, bytes]:

@@ -15,7 +15,10 @@ the buffer, not a copy, in `scope["extensions"][RAW_BODY]`, and reads an empty A
 
 The buffer is left uninitialised (numpy's `empty`, not a zero-filled bytearray): its pages are
 committed only as the body's bytes land in them, so a client that declares a large body and
-sends little of it costs the server no more memory than uvicorn's own path would.
+sends little of it costs the server no more memory than uvicorn's own path would. Every other
+read lands in one scratch buffer per event loop, as uvloop's own reads do, never one per
+connection: its bytes are copied out before the loop serves another connection, and a
+zero-filled buffer per connection would commit its size for every idle client.
 
 Every other request (small, chunked, over the limit, pipelined behind another) goes through
 uvicorn's own path unchanged, and every header, `Expect: 100-continue`, keep-alive and
@@ -29,6 +32,7 @@ tests/integration/test_serve_body.py drives each path over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httptools
@@ -39,6 +43,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 RAW_BODY = "kiln.raw_body"  # the ASGI scope extension that carries a whole body
 RAW_FROM = 1 << 16  # smaller bodies arrive in one or two reads: uvicorn's copies cost nothing
 SCRATCH = 1 << 18  # one read of headers (and of small bodies), as uvloop's own buffer
+_LOOP_LOCAL = threading.local()  # an event loop runs on one thread: its scratch buffer
+
+
+def scratch() -> memoryview:
+    """This thread's (so this event loop's) scratch buffer, made on first use."""
+    buffer: memoryview | None = getattr(_LOOP_LOCAL, "scratch", None)
+    if buffer is None:
+        buffer = _LOOP_LOCAL.scratch = memoryview(bytearray(SCRATCH))
+    return buffer
 
 
 def fresh_parser(protocol: HttpToolsProtocol) -> httptools.HttpRequestParser:
@@ -121,7 +134,9 @@ def raw_body_protocol(max_bytes: int) -> type[asyncio.Protocol]:
 
         def __init__(self, **uvicorn_arguments: Any) -> None:
             self.http = RawBodyHttp(**uvicorn_arguments)
-            self.scratch = memoryview(bytearray(SCRATCH))
+            # Shared with the loop's other connections: a read is copied out (buffer_updated)
+            # before the loop calls get_buffer for any other.
+            self.scratch = scratch()
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.http.connection_made(transport)  # type: ignore[arg-type]
