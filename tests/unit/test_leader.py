@@ -34,6 +34,7 @@ from kiln.operator.leader import (
     overdue,
     record_of,
     released,
+    retry_pause,
     standby_liveness,
 )
 from tests.conftest import free_port
@@ -193,6 +194,21 @@ def test_the_identity_is_the_pods_name_else_host_and_process(
 def test_overdue_is_strictly_past_the_deadline() -> None:
     assert not overdue(100.0, 110.0, 10.0)
     assert overdue(100.0, 110.001, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("step", "renewed", "pause"),
+    [
+        (0.1, True, 2.0),  # renewed: a whole retry period
+        (4.0, True, 2.0),  # however long the renewal took
+        (0.1, False, 1.9),  # failed: the rest of the period since the try began
+        (5.0, False, 0.0),  # a try that hung until its timeout: the next one at once
+    ],
+)
+def test_a_failed_renewal_is_tried_again_a_retry_period_after_it_began(
+    step: float, renewed: bool, pause: float
+) -> None:
+    assert retry_pause(2.0, step, renewed) == pytest.approx(pause)
 
 
 def unreachable_api() -> Any:

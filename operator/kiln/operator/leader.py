@@ -17,6 +17,14 @@ the Lease every `retry_seconds`.
 - The leader renews every `retry_seconds`; one that has not renewed for
   `renew_deadline_seconds`, or that finds another holder, exits at once: it stops writing before
   any standby may take over, since the deadline is shorter than the lease.
+- A renewal is one request where it can be: the leader replaces the Lease with the record it
+  last wrote, at that record's resourceVersion (client-go's optimistic fast path). Only when that
+  conflicts (someone else wrote the Lease) does it read and decide again. On a slow API server
+  that halves the round trips a renewal needs before its deadline.
+- A renewal's calls may take all the time left before the renew deadline (not a fixed share of
+  it), since a slow answer that lands in time keeps the lease and an abandoned one cannot; and a
+  renewal that failed is tried again one retry period after it *started*, so a call that timed
+  out leaves the rest of the deadline for further tries.
 - A leader that stops gracefully releases the Lease, so a standby takes over within one retry
   period instead of a whole lease.
 - The same identity re-acquires its own Lease at once: a container restarting in the same pod
@@ -161,6 +169,13 @@ def overdue(renewed_at: float, now: float, deadline: float) -> bool:
     return now - renewed_at > deadline
 
 
+def retry_pause(retry_seconds: float, step_seconds: float, renewed: bool) -> float:
+    """How long a leader waits before its next renewal: a retry period after a success; after a
+    failure, what is left of the retry period since the failed step began, so a call that hung
+    until its timeout is followed by another try at once, while the deadline still allows."""
+    return retry_seconds if renewed else max(0.0, retry_seconds - step_seconds)
+
+
 def micro_time(moment: datetime | None) -> str | None:
     """A Kubernetes MicroTime: RFC 3339 in UTC with microseconds."""
     return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -222,8 +237,10 @@ class LeaseElector:
         self.settings = settings
         self.on_lost = on_lost  # only a test passes another, to see it called
         self.previous: LeaseRecord | None = None  # the record the last step read
+        self.ours: LeaseRecord | None = None  # the record this replica last wrote, as stored
         self._seen: tuple[LeaseRecord | None, datetime] | None = None  # and since when
         self._renewed_at = time.monotonic()
+        self._leading = False  # renewing, with a deadline: from start_renewing on
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -237,21 +254,19 @@ class LeaseElector:
     def step(self, renewing: bool = False) -> Decision | None:
         """Read the Lease, decide, write: the decision carried out (WAIT included), or None when
         the write lost a race or the API failed; either way the caller tries again next period.
-        A renewing leader writes nothing unless the Lease is still its own."""
+        A renewing leader first tries the one-request renewal; it writes nothing unless the
+        Lease is still its own."""
         started = time.monotonic()
         try:
-            current = self.read()
-            decision = decide(
-                current,
-                self.settings.identity,
-                datetime.now(UTC),
-                self.settings.lease_seconds,
-                self._observed(current),
-            )
-            if renewing and decision.action is not LeaseAction.RENEW:
-                return decision
-            if decision.record is not None and not self._write(decision.action, decision.record):
-                return None
+            decision = self._renew_as_written() if renewing else None
+            if decision is None:
+                decision = self._read_and_decide()
+                if renewing and decision.action is not LeaseAction.RENEW:
+                    return decision
+                if decision.record is not None and not self._write(
+                    decision.action, decision.record
+                ):
+                    return None
         except _TRANSIENT as exc:
             log.warning(f"lease {self.where}: {_brief(exc)}; trying again")
             return None
@@ -259,6 +274,27 @@ class LeaseElector:
             # The start of the step, not its end: the write landed somewhere in between.
             self._renewed_at = started
         return decision
+
+    def _renew_as_written(self) -> Decision | None:
+        """client-go's fast path: replace the Lease with the record this replica last wrote,
+        renewed, at its resourceVersion. None when there is no such record or the Lease changed
+        since (409: another writer, or a write of ours whose answer was lost): read it then."""
+        if self.ours is None:
+            return None
+        renewed = replace(self.ours, renew_time=datetime.now(UTC))
+        if not self._write(LeaseAction.RENEW, renewed, quiet=True):
+            return None
+        return Decision(LeaseAction.RENEW, renewed)
+
+    def _read_and_decide(self) -> Decision:
+        current = self.read()
+        return decide(
+            current,
+            self.settings.identity,
+            datetime.now(UTC),
+            self.settings.lease_seconds,
+            self._observed(current),
+        )
 
     def read(self) -> LeaseRecord | None:
         try:
@@ -273,8 +309,13 @@ class LeaseElector:
 
     @property
     def _timeout(self) -> float:
-        # Bounds a hung call; the renew deadline itself is kept by the watchdog thread.
-        return self.settings.renew_deadline_seconds / 2
+        """Bounds a hung call; the renew deadline itself is kept by the watchdog thread. A
+        leader's call may take what is left of its deadline (a retry period at least): an answer
+        that lands in time keeps the lease, while one given up on is only more load."""
+        if not self._leading:  # a standby's calls have no deadline but their own
+            return self.settings.renew_deadline_seconds / 2
+        left = self._renewed_at + self.settings.renew_deadline_seconds - time.monotonic()
+        return max(left, self.settings.retry_seconds)
 
     def _observed(self, current: LeaseRecord | None) -> datetime:
         """When this replica first saw the record it just read (records compare without their
@@ -284,22 +325,29 @@ class LeaseElector:
             self._seen = (current, datetime.now(UTC))
         return self._seen[1]
 
-    def _write(self, action: LeaseAction, record: LeaseRecord) -> bool:
+    def _write(self, action: LeaseAction, record: LeaseRecord, quiet: bool = False) -> bool:
+        """Create or replace the Lease; False when another replica wrote first (logged unless
+        `quiet`). What the API server stored is kept in `ours` for the next renewal."""
         body = lease_body(self.settings, record)
         name, namespace = self.settings.name, self.settings.namespace
         try:
             if action is LeaseAction.CREATE:
-                self.api.create_namespaced_lease(namespace, body, _request_timeout=self._timeout)
+                stored = self.api.create_namespaced_lease(
+                    namespace, body, _request_timeout=self._timeout
+                )
             else:
-                self.api.replace_namespaced_lease(
+                stored = self.api.replace_namespaced_lease(
                     name, namespace, body, _request_timeout=self._timeout
                 )
         except ApiException as exc:
             # AlreadyExists or Conflict (or deleted meanwhile): another replica wrote first.
             if exc.status in (404, 409):
-                log.info(f"lease {self.where}: another replica wrote it first ({exc.reason})")
+                self.ours = None
+                if not quiet:
+                    log.info(f"lease {self.where}: another replica wrote it first ({exc.reason})")
                 return False
             raise
+        self.ours = record_of(stored) if record.holder == self.settings.identity else None
         return True
 
     # -- standby -------------------------------------------------------------------------------
@@ -345,17 +393,23 @@ class LeaseElector:
         """Renew every `retry_seconds` in one daemon thread; a second one enforces the renew
         deadline, so a call that hangs cannot hold the process past it. The deadline counts
         from the start of the step that acquired the Lease, not from now."""
+        self._leading = True
         for target, name in ((self._renew, "lease-renew"), (self._watch, "lease-deadline")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.settings.retry_seconds):
+        pause = self.settings.retry_seconds
+        while not self._stop.wait(pause):
+            started = time.monotonic()
             decision = self.step(renewing=True)
             if decision is not None and decision.action is not LeaseAction.RENEW:
                 self._lose(f"the lease is now {_state(self.previous)}")
                 return
+            pause = retry_pause(
+                self.settings.retry_seconds, time.monotonic() - started, decision is not None
+            )
 
     def _watch(self) -> None:
         deadline = self.settings.renew_deadline_seconds
