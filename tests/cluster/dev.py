@@ -2,8 +2,9 @@
 
 The local cluster (etcd, API server, controller-manager, scheduler, kwok with simulated GPU
 nodes, S3 server, builder-pod executor), Kiln installed from manifests/, the operator started
-from the rendered Deployment under its ServiceAccount (recorded with the cluster's processes,
-so `make dev-down` stops it too), the example model and calibration set uploaded to the local
+from the rendered Deployment under its ServiceAccount and restarted whenever it exits, as the
+kubelet would (tests/cluster/restart.py; recorded with the cluster's processes, so `make
+dev-down` stops it too), the example model and calibration set uploaded to the local
 S3 server, and `.kiln/examples/lipsync.yaml`, the example resource pointing there:
 
     kubectl --kubeconfig .kiln/kubeconfig apply -f .kiln/examples/lipsync.yaml
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import cluster
+from tests.cluster import cluster, restart
 from tests.cluster.install import OPERATOR_NAMESPACE, install, operator_command, s3_secret
 from tests.cluster.processes import Supervisor, http_ok
 
@@ -71,9 +72,10 @@ def up(root: Path, out: Path) -> cluster.ClusterInfo:
         s3_secret(info, NAMESPACE)
         upload_example(info)
         command = operator_command(info, documents, root / "operator")
-        proc = supervisor.start(
-            "operator", command.argv, root / "logs" / "operator.log", command.env, False
-        )
+        # Restarted as a kubelet restarts the Deployment's container (a lost Lease exits).
+        kept = [sys.executable, restart.__file__, "--", *command.argv]
+        log = root / "logs" / "operator.log"
+        proc = supervisor.start("operator", kept, log, command.env, False)
         supervisor.wait_ready(proc, lambda: http_ok(command.liveness), 60)
         spec = yaml.safe_load((EXAMPLE / "optimizedmodel.yaml").read_text())
         out.mkdir(parents=True, exist_ok=True)
