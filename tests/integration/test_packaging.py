@@ -76,6 +76,14 @@ def test_the_installed_kiln_compiles_its_proto_from_the_wheel(
     # Kiln from the clean venv; its dependencies from this one's site-packages, read as a plain
     # path entry (so this venv's editable install of the working tree is not loaded).
     env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+
+    def installed(*argv: str) -> str:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, cwd=tmp_path, env=env, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     script = (
         "import sys; from pathlib import Path\n"
         "from kiln.serve import grpc_protocol\n"
@@ -83,25 +91,7 @@ def test_the_installed_kiln_compiles_its_proto_from_the_wheel(
         "print(grpc_protocol.PROTO)\n"
         "print(messages.ModelInferRequest.DESCRIPTOR.full_name)\n"
     )
-    done = subprocess.run(
-        [str(python), "-c", script, str(tmp_path / "grpc")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    proto, message = done.stdout.split()
+    proto, message = installed(str(python), "-c", script, str(tmp_path / "grpc")).split()
     assert Path(proto).is_relative_to(clean), proto  # the wheel's copy, not the working tree's
     assert message == "inference.ModelInferRequest"
-    helped = subprocess.run(
-        [str(clean / "bin" / "kiln"), "serve", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        check=False,
-    )
-    assert helped.returncode == 0, helped.stderr
-    assert "--result" in helped.stdout
+    assert "--result" in installed(str(clean / "bin" / "kiln"), "serve", "--help")
