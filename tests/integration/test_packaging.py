@@ -6,6 +6,7 @@ from where the wheel put it, not from the working tree."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,18 +21,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).parents[2]
 
 
+def tracked() -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+    return [path for path in listed.stdout.decode().split("\0") if (ROOT / path).is_file()]
+
+
 def tracked_package_files() -> set[str]:
     """What the wheel must hold: each mapped package folder's tracked files, by their place
     in the `kiln` namespace (tests and caches are not in these folders)."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode()
-    files = set(listed.split("\0")) - {""}
     wanted: set[str] = set()
     for package, folder in config["package-dir"].items():
         prefix = folder.rstrip("/") + "/"
-        for path in files:
+        for path in tracked():
             if path.startswith(prefix) and path.endswith((".py", ".proto")):
                 wanted.add(package.replace(".", "/") + "/" + path[len(prefix) :])
     return wanted
@@ -39,11 +41,16 @@ def tracked_package_files() -> set[str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the tracked files, as from a fresh clone: setuptools leaves build/
+    # behind, and a stale build/ would lend the wheel files the tree no longer has.
+    tree, out = tmp_path_factory.mktemp("tree"), tmp_path_factory.mktemp("wheel")
+    for path in tracked():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / path, tree / path)
     # No build isolation: the venv's own setuptools, so the test needs no index.
     argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
     done = subprocess.run(
-        [*argv, "-w", str(out), str(ROOT)], capture_output=True, text=True, check=False
+        [*argv, "-w", str(out), str(tree)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
     (built,) = out.glob("kiln-*.whl")
