@@ -4,12 +4,15 @@ interleaved rounds in one run on this machine, with each speedup's 95 % interval
 the time goes (top operators of each runtime at the largest batch size).
 
     .venv/bin/python benchmarks/runtime_speedup.py [SPEC] [--batch-sizes 1 8] [--seconds 20]
-        [--hog N] [--torch-compile]
+        [--hog N] [--torch-compile] [--artifacts STORE]
 
 `--torch-compile` adds torch.compile (JIT) as a reference row beside its AOT form.
 
 It drives the same pipeline as `kiln optimize` (same export, Q/DQ model, runners and
-interleaved rounds), always re-measuring (--force), into a throw-away artifact store.
+interleaved rounds), always re-measuring (--force), into a throw-away artifact store; with
+`--artifacts STORE` (a folder `kiln optimize --artifacts` filled) it re-measures every
+candidate but reuses the engines built there, so a GPU lease does not pay for the compiles
+twice.
 `--hog N` starts N CPU-burning processes beside the measurement, to show what a busy machine
 does to the numbers: they must stay within their intervals or be flagged as disturbed. On a
 GPU machine with kiln[gpu] installed the CUDA and TensorRT rows appear by themselves.
@@ -107,6 +110,28 @@ def print_table(status: Any) -> None:
                 print(f"{target.name:<8} {cand.name:<26} {cand.state.value}: {cand.reason}")
 
 
+def cpu_profile(ctx: BuildContext, status: Any, spec: Any, top: int) -> None:
+    """Where the time goes, at the largest batch size, on the CPU."""
+    from kiln.builder.fetch import fetch_source
+    from kiln.builder.torch_source import load_torch_module
+
+    batch = spec.batch_sizes[-1]
+    feeds = random_feeds(spec.inputs, batch, seed=0)
+    names = [t.name for t in spec.inputs]
+    runs = 5
+    print(f"\nWhere the time goes on CPU at batch {batch} ({runs} runs, share of operator time):")
+    module = load_torch_module(spec, fetch_source(ctx).path, ctx.base_dir)
+    rows = [("pytorch eager", torch_top_ops(module, feeds, names, runs, top))]
+    for label, uri in (
+        ("onnxruntime fp32", status.onnx_artifact),
+        ("onnxruntime int8", status.quantized_artifact),
+    ):
+        if uri:
+            rows.append((label, ort_top_ops(Path(parse_uri(uri).key), feeds, runs, top)))
+    for label, ops in rows:
+        print(f"  {label:<18} " + ", ".join(f"{op} {share:.0f}%" for op, share in ops))
+
+
 def burn() -> None:
     while True:
         pass
@@ -121,6 +146,9 @@ def main() -> int:
     parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes beside it")
     parser.add_argument(
         "--torch-compile", action="store_true", help="also measure torch.compile (JIT)"
+    )
+    parser.add_argument(
+        "--artifacts", type=Path, help="reuse the engines built in this store; re-measure all"
     )
     args = parser.parse_args()
     hogs = [multiprocessing.Process(target=burn, daemon=True) for _ in range(args.hog)]
@@ -156,54 +184,24 @@ def measure(args: argparse.Namespace) -> int:
     model = model.model_copy(update={"spec": spec})
     storage = Storage()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as work:
+        store = args.artifacts.resolve() if args.artifacts else Path(work) / "store"
         ctx = BuildContext(
             model=model,
             base_dir=args.spec.resolve().parent,
             storage=storage,
-            artifacts=ArtifactStore(
-                storage, parse_uri(str(Path(work) / "store")), Path(work) / "c"
-            ),
+            artifacts=ArtifactStore(storage, parse_uri(str(store)), Path(work) / "c"),
             work_dir=Path(work) / "w",
             cache_dir=Path(work) / "c",
             reporter=RichReporter(),
-            force=True,
+            force=args.artifacts is None,
+            remeasure=True,
         )
         outcome = optimize(ctx)
         status = outcome.status
         print_table(status)
         print(f"\n{status.summary}")
-
-        # Where the time goes, at the largest batch size, on the CPU.
-        batch = spec.batch_sizes[-1]
-        feeds = random_feeds(spec.inputs, batch, seed=0)
-        names = [t.name for t in spec.inputs]
-        runs = 5
-        print(
-            f"\nWhere the time goes on CPU at batch {batch} ({runs} runs, share of operator time):"
-        )
-        from kiln.builder.fetch import fetch_source
-        from kiln.builder.torch_source import load_torch_module
-
-        module = load_torch_module(spec, fetch_source(ctx).path, ctx.base_dir)
-        for label, ops in [
-            ("pytorch eager", torch_top_ops(module, feeds, names, runs, args.top)),
-            (
-                "onnxruntime fp32",
-                ort_top_ops(Path(parse_uri(status.onnx_artifact or "").key), feeds, runs, args.top),
-            ),
-        ] + (
-            [
-                (
-                    "onnxruntime int8",
-                    ort_top_ops(
-                        Path(parse_uri(status.quantized_artifact).key), feeds, runs, args.top
-                    ),
-                )
-            ]
-            if status.quantized_artifact
-            else []
-        ):
-            print(f"  {label:<18} " + ", ".join(f"{op} {share:.0f}%" for op, share in ops))
+        if any(t.device == "cpu" and t.state is State.OK for t in status.targets):
+            cpu_profile(ctx, status, spec, args.top)
     print(
         f"\nnumpy {np.__version__}, torch {torch.__version__}, onnxruntime {ort.__version__}, "
         f"{torch.get_num_threads()} torch threads"

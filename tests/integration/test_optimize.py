@@ -281,3 +281,41 @@ def test_every_source_format(tiny: TinyExample, fmt: str) -> None:
     assert states["onnxruntime-cpu-int8"] == "OK"
     fp32 = next(c for c in cpu["candidates"] if c["name"] == "onnxruntime-cpu-fp32")
     assert fp32["accuracy"]["passed"], fp32["accuracy"]
+
+
+def test_the_benchmark_over_a_filled_store_remeasures_without_rebuilding(
+    tiny: TinyExample,
+) -> None:
+    """`benchmarks/runtime_speedup.py --artifacts STORE` (how a GPU lease runs it after `kiln
+    optimize`): every candidate is timed again, and no engine is compiled twice."""
+    import subprocess
+    import sys
+
+    tiny.write_spec(tiny_spec(backends=["pytorch", "aotinductor"], precisions=["fp32"]))
+    assert run(str(tiny.spec_path), "--output", str(tiny.root / "out")).exit_code == 0
+    built = {p: p.stat().st_mtime_ns for p in tiny.manifests()}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[2] / "benchmarks/runtime_speedup.py"),
+            str(tiny.spec_path),
+            "--batch-sizes",
+            "1",
+            "4",
+            "--seconds",
+            "2",
+            "--artifacts",
+            str(tiny.artifacts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "reusing the stored result" not in proc.stdout
+    assert "aotinductor-cpu-fp32" in proc.stdout
+    assert "Where the time goes on CPU" in proc.stdout
+    # The engines are the same files: only a new result was published beside them.
+    assert {p: built[p] for p in built} == {p: p.stat().st_mtime_ns for p in built}
+    assert len(tiny.manifests()) == len(built) + 1

@@ -89,7 +89,7 @@ def build_target(
         return skipped_target(target, env, baseline, found)
     key = result_key(ctx, target, env, found, prepared)
     result_uri = ctx.artifacts.location(key, RESULT_FILE).uri
-    if not ctx.force and ctx.artifacts.manifest(key) is not None:
+    if not (ctx.force or ctx.remeasure) and ctx.artifacts.manifest(key) is not None:
         ctx.reporter.log(
             f"[{target.name}] unchanged inputs: reusing the stored result {result_uri}"
         )
