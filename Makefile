@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= builder,cpu,serve,operator,dev
 
 .PHONY: setup demo test lint typecheck contracts unit clean cluster-bin cluster-up cluster-down \
-	dev-up dev-down browser gpu-kit images image-base container-tools
+	dev-up dev-down browser gpu-kit gpu-dry-run images image-base container-tools
 
 setup: $(STAMP)
 
@@ -99,8 +99,16 @@ test: lint typecheck contracts cluster-bin browser container-tools
 	$(BIN)/pytest
 
 # What a lent GPU machine lacks to run Kiln (tests/gpu/README.md): .gpu-kit/, git-ignored.
+# ORT=1 adds onnxruntime-gpu in parts, for a lease longer than 15 minutes.
 gpu-kit: $(STAMP)
-	$(BIN)/python -m tests.gpu.kit
+	$(BIN)/python -m tests.gpu.kit $(if $(ORT),--with-ort)
+
+# The core device call run here on the CPU (KILN_GPU_DRY_RUN=1) in a Python 3.12 venv made like
+# the device's: its size, its time, every GPU step SKIPPED. Not part of `make test` (it fetches
+# the device's torch for CPython 3.12, over 500 MB, on its first run). REHEARSE=1 also runs the
+# GPU steps against the CPU target under the device's torch (minutes).
+gpu-dry-run: $(STAMP)
+	$(BIN)/python -m tests.gpu.dry_run $(if $(REHEARSE),--rehearse)
 
 clean:
 	rm -rf out .kiln .mypy_cache .ruff_cache .pytest_cache .gpu-kit

@@ -2,8 +2,9 @@
 manylinux x86_64, in a git-ignored folder the device calls carry:
 
     .gpu-kit/wheels/     Kiln as a wheel and its missing dependencies, one pinned version each
-    .gpu-kit/ort/        onnxruntime-gpu in parts of at most 60 MiB, with parts.json (SHA-256)
     .gpu-kit/plan.json   what was carried, what the device is trusted to have, and why
+    .gpu-kit/ort/        with --with-ort only (a longer lease): onnxruntime-gpu in parts of at
+                         most 60 MiB, with parts.json (SHA-256); the wheel alone is over 190 MiB
 
 What the device has is one data file, tests/gpu/device-packages.txt. The dependency closure is
 walked here from each wheel's own metadata (markers evaluated for the device's Python), so
@@ -35,7 +36,7 @@ from tests.gpu.parts import split
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE_PACKAGES = Path(__file__).with_name("device-packages.txt")
-EXTRAS = ("builder", "serve")  # what builds, benchmarks and serves; `gpu` is ORT below
+EXTRAS = ("builder", "cpu", "serve")  # `cpu` is the device's onnxruntime; `gpu` is ORT below
 RUNTIME = "onnxruntime-gpu"  # carried in parts; tensorrt cannot be fetched from here
 PLATFORMS = (
     "manylinux_2_28_x86_64",
@@ -200,7 +201,7 @@ def stand_in_version(spec: SpecifierSet) -> str:
 
 
 def check_installable(
-    wheels: Path, runtime: Path, device: dict[str, str | None], plan: Plan
+    wheels: Path, runtime: Path | None, device: dict[str, str | None], plan: Plan
 ) -> None:
     """pip's resolver, offline, over the carried wheels plus stand-ins for what the device
     has (empty wheels of the device's versions, or of a version inside what asked for it
@@ -228,10 +229,9 @@ def check_installable(
                 str(wheels),
                 "--find-links",
                 str(stand_ins),
-                "--find-links",
-                str(runtime.parent),
+                *(["--find-links", str(runtime.parent)] if runtime else []),
                 f"{kiln}[{','.join(EXTRAS)}]",
-                str(runtime),
+                *([str(runtime)] if runtime else []),
             ],
             check=True,
         )
@@ -250,45 +250,52 @@ def _empty_wheel(folder: Path, name: str, version: str) -> None:
         wheel.writestr(f"{info}/RECORD", "")
 
 
-def build(out: Path) -> dict[str, object]:
+def build(out: Path, with_ort: bool = False) -> dict[str, object]:
     if out.exists():
         shutil.rmtree(out)
-    wheels, ort_parts = out / "wheels", out / "ort"
+    wheels = out / "wheels"
     wheels.mkdir(parents=True)
     device = read_device_packages()
     kiln = kiln_wheel(wheels)
     roots = [(r, "kiln") for r in requirements_of(kiln, frozenset(EXTRAS))]
-    roots.append((Requirement(RUNTIME), "kit"))
+    if with_ort:
+        roots.append((Requirement(RUNTIME), "kit"))
     plan = walk(roots, device, Fetch(wheels))
     if plan.conflicts:
         raise SystemExit("error: " + "; ".join(plan.conflicts))
-    runtime = plan.wheels.pop(canonicalize_name(RUNTIME))
-    parked = out / "runtime"
-    parked.mkdir()
-    runtime = Path(shutil.move(str(runtime), parked / runtime.name))
+    runtime = _park(plan, out) if with_ort else None
     check_installable(wheels, runtime, device, plan)
-    manifest = split(runtime, ort_parts)
     carried = sorted(p.name for p in wheels.glob("*.whl"))
     summary: dict[str, object] = {
         "carried": carried,
-        "runtime": manifest,
         "trustedToTheDevice": {k: sorted(set(v)) for k, v in sorted(plan.on_device.items())},
     }
+    if runtime is not None:
+        summary["runtime"] = split(runtime, out / "ort")
+        shutil.rmtree(runtime.parent)
     (out / "plan.json").write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.rmtree(parked)
-    size = sum(p.stat().st_size for p in wheels.glob("*.whl")) >> 20
-    print(
-        f"{out}: {len(carried)} wheels ({size} MiB), "
-        f"{RUNTIME} in {len(manifest['parts'])} parts; see tests/gpu/README.md"
-    )
+    size = sum(p.stat().st_size for p in wheels.glob("*.whl")) / 2**20
+    parts = f", {RUNTIME} in parts under {out / 'ort'}" if with_ort else ""
+    print(f"{wheels}: {len(carried)} wheels, {size:.1f} MiB{parts}; see tests/gpu/README.md")
     return summary
+
+
+def _park(plan: Plan, out: Path) -> Path:
+    """The runtime's wheel out of the carried folder (it travels in parts)."""
+    runtime = plan.wheels.pop(canonicalize_name(RUNTIME))
+    parked = out / "runtime"
+    parked.mkdir()
+    return Path(shutil.move(str(runtime), parked / runtime.name))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / ".gpu-kit")
+    parser.add_argument(
+        "--with-ort", action="store_true", help=f"also {RUNTIME} in parts (a longer lease)"
+    )
     args = parser.parse_args()
-    build(args.out)
+    build(args.out, args.with_ort)
     return 0
 
 

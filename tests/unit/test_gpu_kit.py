@@ -1,10 +1,13 @@
 """The GPU kit without a GPU: parts join back byte for byte (and refuse when they do not), the
 dependency walk carries exactly what the device lacks, pip's resolver checks the set offline,
-and the on-device run reports every item SKIPPED where there is no CUDA."""
+the budget shares a call's seconds among its steps, and the core call run as a dry run
+installs for real and reports every GPU step SKIPPED."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,12 +17,15 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
+from tests.gpu.budget import Step, fits, limit, skip_reason
+from tests.gpu.dry_run import CARRY, COMMAND, TIMEOUT_S
 from tests.gpu.kit import (
     check_installable,
     read_device_packages,
     stand_in_version,
     walk,
 )
+from tests.gpu.on_device import CORE, DEFAULT_BUDGET
 from tests.gpu.parts import JoinError, join_part, split
 
 ROOT = Path(__file__).parents[2]
@@ -142,17 +148,86 @@ def test_the_device_list_is_one_data_file() -> None:
     assert "pydantic" not in device  # Kiln needs it; the device lacks it: the kit carries it
 
 
-def test_run_without_cuda_reports_every_item_skipped(tmp_path: Path) -> None:
+def fake_kit(root: Path) -> Path:
+    """A kit of one made-up wheel, so the install step is real and quick."""
+    wheels = root / ".gpu-kit" / "wheels"
+    wheels.mkdir(parents=True)
+    wheel(wheels, "kiln-kit-probe", "1.0")
+    return wheels
+
+
+def test_the_core_call_dry_run_installs_for_real_and_skips_every_gpu_step(
+    tmp_path: Path,
+) -> None:
+    """The core call as pasted into the device tool, with KILN_GPU_DRY_RUN=1, in a copy of
+    the tree: the install is real (the wheel lands in the site folder), the GPU steps are
+    SKIPPED with the dry run's reason, and the summary comes back into $OUT."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "examples", tree / "examples", ignore=shutil.ignore_patterns("data"))
+    shutil.copytree(ROOT / "benchmarks", tree / "benchmarks")
+    shutil.copy(ROOT / "pyproject.toml", tree)
+    fake_kit(tree)
+    out, site = tmp_path / "out", tmp_path / "site"
+    out.mkdir()
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "KILN_GPU_DRY_RUN": "1",
+        "KILN_GPU_SITE": str(site),
+        "KILN_GPU_RESULTS": str(tmp_path / "results"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests/gpu/on_device.py"), "run", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        ["bash", "-c", COMMAND], cwd=tree, env=env, capture_output=True, text=True, timeout=600
     )
-    assert proc.returncode == 0, proc.stderr
-    items = json.loads((tmp_path / "summary.json").read_text())["items"]
-    assert len(items) == 7
-    for item in items:
-        assert item["state"] == "SKIPPED", item
-        assert item["reason"].startswith("no CUDA device"), item
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (site / "kiln_kit_probe-1.0.dist-info").is_dir()
+    summary = json.loads((out / "summary.json").read_text())
+    states = {i["name"]: (i["state"], i["reason"]) for i in summary["items"]}
+    assert [i["name"] for i in summary["items"]] == [s.name for s in CORE]
+    assert states["install"][0] == "OK"
+    assert states["example"][0] == "OK"
+    assert states["gpu-tests"][0] == "SKIPPED"
+    assert states["optimize-lipsync"] == (
+        "SKIPPED",
+        "KILN_GPU_DRY_RUN=1: a dry run of the call, GPU steps are not run",
+    )
+    assert states["serve-lipsync"] == ("SKIPPED", "optimize-lipsync did not succeed")
+    assert summary["dryRun"] is True
+    assert summary["usedSeconds"] < summary["budgetSeconds"]
+    assert "===== install.log" in (out / "logs.txt").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["logs.txt", "summary.json"]
+
+
+def test_the_core_steps_fit_the_call() -> None:
+    assert fits(CORE, DEFAULT_BUDGET["core"])
+    assert DEFAULT_BUDGET["core"] + 60 <= TIMEOUT_S <= 8 * 60 + 60  # start-up and collect
+    assert CARRY == [".gpu-kit/wheels"]
+
+
+STEPS = [Step("a", 100), Step("b", 50, needs="a"), Step("c", 30)]
+
+
+@pytest.mark.parametrize(
+    ("index", "left", "expected"),
+    [
+        (0, 180.0, 100.0),  # the first owes the later ones their boxes
+        (0, 60.0, 0.0),  # too little left: nothing for it
+        (1, 170.0, 140.0),  # an early finish leaves its slack to the next
+        (2, 12.0, 12.0),  # the last takes whatever is left
+    ],
+)
+def test_a_step_may_use_what_is_left_less_what_later_steps_are_owed(
+    index: int, left: float, expected: float
+) -> None:
+    assert limit(STEPS, index, left) == expected
+
+
+def test_a_step_is_skipped_for_a_failed_prerequisite_no_gpu_or_no_time() -> None:
+    ok = {"a": "OK"}
+    assert skip_reason(STEPS[1], {"a": "FAILED"}, "", 50) == "a did not succeed"
+    assert skip_reason(STEPS[1], ok, "no CUDA device", 50) == "no CUDA device"
+    assert skip_reason(Step("x", 1, gpu=False), ok, "no CUDA device", 50) is None
+    assert str(skip_reason(STEPS[1], ok, "", 2)).startswith("out of time: 2 s")
+    assert skip_reason(STEPS[1], ok, "", 50) is None
