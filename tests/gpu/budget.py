@@ -6,10 +6,17 @@ slack to the ones after it, and a slow one cannot eat what the later ones are ow
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 MIN_SECONDS = 5.0  # less than this is not worth starting a step for
+
+
+class StepState(StrEnum):
+    OK = "OK"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
 
 
 @dataclass(frozen=True)
@@ -26,9 +33,11 @@ def limit(steps: Sequence[Step], index: int, left: float) -> float:
     return max(0.0, left - owed_later)
 
 
-def skip_reason(step: Step, states: dict[str, str], cuda_reason: str, seconds: float) -> str | None:
+def skip_reason(
+    step: Step, states: Mapping[str, StepState], cuda_reason: str, seconds: float
+) -> str | None:
     """Why `step` is not run, or None: its prerequisite failed, no GPU, or no time left."""
-    if step.needs is not None and states.get(step.needs) != "OK":
+    if step.needs is not None and states.get(step.needs) is not StepState.OK:
         return f"{step.needs} did not succeed"
     if step.gpu and cuda_reason:
         return cuda_reason

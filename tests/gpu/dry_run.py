@@ -63,7 +63,7 @@ def python312() -> str:
 
 def device_requirements() -> list[str]:
     """The device packages the kit trusts the device with, pinned where the version is known."""
-    plan = json.loads((KIT / "plan.json").read_text())
+    plan = json.loads((KIT / "wheels" / "plan.json").read_text())
     device = read_device_packages()
     names = sorted(set(plan["trustedToTheDevice"]) | set(RUNNER))
     return [f"{n}=={device[n]}" if device.get(n) else n for n in names]

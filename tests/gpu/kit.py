@@ -1,8 +1,10 @@
 """`make gpu-kit`: everything the lent GPU machine lacks to run Kiln, for CPython 3.12 on
 manylinux x86_64, in a git-ignored folder the device calls carry:
 
-    .gpu-kit/wheels/     Kiln as a wheel and its missing dependencies, one pinned version each
-    .gpu-kit/plan.json   what was carried, what the device is trusted to have, and why
+    .gpu-kit/wheels/     Kiln as a wheel, its dependencies the device lacks (one pinned
+                         version each), a fallback for each device package whose version was
+                         never read, and plan.json: the roots to install, what was carried,
+                         what the device is trusted to have, and why
     .gpu-kit/ort/        with --with-ort only (a longer lease): onnxruntime-gpu in parts of at
                          most 60 MiB, with parts.json (SHA-256); the wheel alone is over 190 MiB
 
@@ -265,19 +267,35 @@ def build(out: Path, with_ort: bool = False) -> dict[str, object]:
         raise SystemExit("error: " + "; ".join(plan.conflicts))
     runtime = _park(plan, out) if with_ort else None
     check_installable(wheels, runtime, device, plan)
+    fallbacks = carry_fallbacks(plan, device, Fetch(wheels))
     carried = sorted(p.name for p in wheels.glob("*.whl"))
     summary: dict[str, object] = {
+        "roots": [f"kiln[{','.join(EXTRAS)}]"],
         "carried": carried,
+        "fallbacks": fallbacks,
         "trustedToTheDevice": {k: sorted(set(v)) for k, v in sorted(plan.on_device.items())},
     }
     if runtime is not None:
         summary["runtime"] = split(runtime, out / "ort")
         shutil.rmtree(runtime.parent)
-    (out / "plan.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (wheels / "plan.json").write_text(json.dumps(summary, indent=2) + "\n")  # it travels
     size = sum(p.stat().st_size for p in wheels.glob("*.whl")) / 2**20
     parts = f", {RUNTIME} in parts under {out / 'ort'}" if with_ort else ""
     print(f"{wheels}: {len(carried)} wheels, {size:.1f} MiB{parts}; see tests/gpu/README.md")
     return summary
+
+
+def carry_fallbacks(
+    plan: Plan, device: dict[str, str | None], fetch: Callable[[str, SpecifierSet], Path]
+) -> dict[str, str]:
+    """A wheel for each device package whose version was never read but that something asks a
+    version of (pydantic wants a recent typing-extensions, say): the device's install step
+    uses it only where pip finds the device's own copy too old (tests/gpu/install.py)."""
+    found = {}
+    for name, spec in sorted(plan.device_specifiers.items()):
+        if device.get(name, "") is None and str(spec):
+            found[name] = fetch(name, spec).name
+    return found
 
 
 def _park(plan: Plan, out: Path) -> Path:

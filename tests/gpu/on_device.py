@@ -29,14 +29,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.gpu.budget import Step, fits, limit, skip_reason  # noqa: E402  (after the path)
+from tests.gpu.budget import Step, StepState, fits, limit, skip_reason  # noqa: E402
 from tests.gpu.collect import collect  # noqa: E402
 from tests.gpu.parts import join_part  # noqa: E402
 
@@ -70,7 +70,7 @@ FULL_EXTRA = [
 @dataclass
 class Item:
     name: str
-    state: str  # OK, FAILED, SKIPPED
+    state: StepState
     reason: str = ""
     seconds: float = 0.0
     limit: float = 0.0
@@ -93,23 +93,26 @@ def join(number: int) -> int:
 
 
 def install_argv() -> list[str]:
-    wheels = sorted((KIT / "wheels").glob("*.whl")) + sorted(JOINED.glob("*.whl"))
-    if not wheels:
+    """tests/gpu/install.py: pip's resolver on the device picks what its packages lack."""
+    if not (KIT / "wheels").is_dir():
         raise SystemExit(f"error: no wheels under {KIT / 'wheels'}: run `make gpu-kit` first")
-    pip = [PYTHON, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
-    return [*pip, "--no-cache-dir", "--upgrade", "--target", str(SITE), *map(str, wheels)]
+    joined = [str(w) for w in sorted(JOINED.glob("*.whl"))]
+    here = Path(__file__).resolve().parent
+    return [PYTHON, str(here / "install.py"), str(KIT / "wheels"), str(SITE), *joined]
 
 
 # What the machine is, and whether every Kiln module imports beside the device's own packages
 # (a carried protobuf or grpcio that does not fit them shows here, before any GPU step).
 PROBE = """
-import importlib, json, os, platform, pkgutil, subprocess, sys, tempfile
+import importlib, json, os, platform, pkgutil, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import torch
 from kiln.runtime.devices import gpu_product_label
 found = {"python": platform.python_version(), "torch": torch.__version__,
          "torchCuda": torch.version.cuda, "cpus": os.cpu_count(),
-         "cudaAvailable": torch.cuda.is_available()}
+         "cudaAvailable": torch.cuda.is_available(),
+         # AOTInductor compiles its wrapper with the host C++ compiler
+         "tools": {t: shutil.which(t) for t in ("g++", "gcc", "nvcc", "ninja")}}
 if found["cudaAvailable"]:
     props = torch.cuda.get_device_properties(0)
     found.update(name=props.name, productLabel=gpu_product_label(props.name),
@@ -231,47 +234,67 @@ def commands(results: Path, with_ort: bool) -> dict[str, list[str]]:
     }
 
 
-def execute(results: Path, name: str, argv: list[str], seconds: float) -> Item:
-    """Run one step in its own process group, killed whole when its time is up (a server it
-    started goes with it)."""
+GRACE = 10.0  # seconds between SIGINT (pytest writes its report) and SIGKILL
+
+
+def execute(
+    results: Path, name: str, argv: list[str], seconds: float, grace: float = GRACE
+) -> Item:
+    """Run one step in its own process group. When its time is up the group gets SIGINT
+    (pytest still writes what ran, a server stops), then SIGKILL after a grace period, so a
+    server or compiler it started goes with it and the step ends within `seconds`."""
     log = results / f"{name}.log"
     started = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env(), cwd=ROOT, start_new_session=True
         )
-        try:
-            code = proc.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            code = None
+        code = _wait(proc, max(1.0, seconds - grace), grace)
     took = round(time.monotonic() - started, 1)
     tail = (log.read_text(errors="replace").strip().splitlines() or [""])[-1][:300]
     if code is None:
-        return Item(name, "FAILED", f"timed out after {seconds:.0f} s: {tail}", took, seconds)
+        return Item(
+            name, StepState.FAILED, f"timed out after {took:.0f} s: {tail}", took, seconds, log.name
+        )
     if code != 0:
-        return Item(name, "FAILED", f"exit {code}: {tail}", took, seconds, log.name)
-    return Item(name, "OK", "", took, seconds, log.name)
+        return Item(name, StepState.FAILED, f"exit {code}: {tail}", took, seconds, log.name)
+    return Item(name, StepState.OK, "", took, seconds, log.name)
+
+
+def _wait(proc: subprocess.Popen[bytes], seconds: float, grace: float) -> int | None:
+    """The exit code, or None when the step had to be stopped."""
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return None
 
 
 def pytest_item(item: Item, junit: Path) -> Item:
-    """`pytest tests/gpu` passes with every test skipped on a machine without CUDA: that is
-    SKIPPED (with the first skip's reason), not OK."""
-    if item.state != "OK" or not junit.exists():
+    """What pytest's report says: its counts join the reason. Every test skipped (a machine
+    without CUDA) is SKIPPED with the first skip's reason, not OK."""
+    if not junit.exists():
         return item
     root = ElementTree.parse(junit).getroot()
     suite = root.find("testsuite") if root.tag == "testsuites" else root
     if suite is None:
         return item
-    tests, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
-    if tests and skipped < tests:
-        item.reason = f"{tests - skipped} passed, {skipped} skipped"
-        return item
-    first = suite.find(".//skipped")
-    item.state = "SKIPPED"
-    item.reason = f"all {tests} skipped: " + (first.get("message", "") if first is not None else "")
-    return item
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    told = f"{passed} passed, {counts['failures'] + counts['errors']} failed, "
+    told += f"{counts['skipped']} skipped"
+    if item.state is StepState.OK and counts["tests"] and passed == 0:
+        first = suite.find(".//skipped")
+        why = first.get("message", "") if first is not None else ""
+        return replace(
+            item, state=StepState.SKIPPED, reason=f"all {counts['tests']} skipped: {why}"
+        )
+    return replace(item, reason=f"{told}; {item.reason}" if item.reason else told)
 
 
 def prepare(results: Path, with_ort: bool) -> None:
@@ -289,7 +312,7 @@ def run_step(results: Path, step: Step, seconds: float, with_ort: bool) -> Item:
     if step.name == "probe":
         return execute(results, step.name, [PYTHON, "-c", PROBE], seconds)
     if step.name == "example" and (EXAMPLE / "data/lipsync.pt2").exists():
-        return Item(step.name, "OK", "already made", 0.0, seconds)
+        return Item(step.name, StepState.OK, "already made", 0.0, seconds)
     item = execute(results, step.name, commands(results, with_ort)[step.name], seconds)
     return pytest_item(item, results / "gpu-tests.xml") if step.name == "gpu-tests" else item
 
@@ -323,7 +346,7 @@ def call(out: Path, steps: list[Step], with_ort: bool) -> int:
             why_no_gpu = cuda_reason()
         states = {d.name: d.state for d in done}
         why = skip_reason(step, states, why_no_gpu or "", seconds)
-        item = Item(step.name, "SKIPPED", why, 0.0, seconds) if why else None
+        item = Item(step.name, StepState.SKIPPED, why, 0.0, seconds) if why else None
         done.append(item or run_step(results, step, seconds, with_ort))
         last = done[-1]
         print(f"{last.name:<18} {last.state:<8} {last.seconds:>6.1f}s  {last.reason}", flush=True)
@@ -335,7 +358,7 @@ def call(out: Path, steps: list[Step], with_ort: bool) -> int:
             items=[asdict(d) for d in done],
         )
         collect(results, out, summary)
-    return 1 if any(d.state == "FAILED" for d in done) else 0
+    return 1 if any(d.state is StepState.FAILED for d in done) else 0
 
 
 def main(argv: list[str]) -> int:

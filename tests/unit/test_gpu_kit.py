@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -17,15 +19,16 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from tests.gpu.budget import Step, fits, limit, skip_reason
+from tests.gpu.budget import Step, StepState, fits, limit, skip_reason
 from tests.gpu.dry_run import CARRY, COMMAND, TIMEOUT_S
 from tests.gpu.kit import (
+    carry_fallbacks,
     check_installable,
     read_device_packages,
     stand_in_version,
     walk,
 )
-from tests.gpu.on_device import CORE, DEFAULT_BUDGET
+from tests.gpu.on_device import CORE, DEFAULT_BUDGET, Item, execute, pytest_item
 from tests.gpu.parts import JoinError, join_part, split
 
 ROOT = Path(__file__).parents[2]
@@ -117,6 +120,22 @@ def test_the_walk_carries_only_what_the_device_lacks(tmp_path: Path) -> None:
     assert stand_in_version(plan.device_specifiers["anyio"]) == "0"  # inside <5
 
 
+def test_a_fallback_is_carried_for_each_unread_device_version_something_constrains(
+    tmp_path: Path,
+) -> None:
+    index = tmp_path / "index"
+    index.mkdir()
+    wheel(index, "pydantic", "2.9.0", "typing-extensions>=4.16", "anyio", "numpy>=2")
+    wheel(index, "typing-extensions", "4.16.0")
+    device = {"typing-extensions": None, "anyio": None, "numpy": "2.5.2"}
+    fetch = FakeIndex(index)
+    plan = walk([(Requirement("pydantic"), "kiln")], device, fetch)
+    # Only the unread version that something bounds: anyio is unbounded, numpy was read.
+    assert carry_fallbacks(plan, device, fetch) == {
+        "typing-extensions": "typing_extensions-4.16.0-py3-none-any.whl"
+    }
+
+
 def test_stand_ins_fall_inside_what_asked_for_them() -> None:
     assert stand_in_version(SpecifierSet(">=2.1,<3.0.0")) == "2.1"
     assert stand_in_version(SpecifierSet(">=13")) == "999"
@@ -149,10 +168,14 @@ def test_the_device_list_is_one_data_file() -> None:
 
 
 def fake_kit(root: Path) -> Path:
-    """A kit of one made-up wheel, so the install step is real and quick."""
+    """A kit whose root needs one package this interpreter has new enough (pyyaml) and one it
+    has too old (typing-extensions>=99), each with a made-up fallback wheel carried."""
     wheels = root / ".gpu-kit" / "wheels"
     wheels.mkdir(parents=True)
-    wheel(wheels, "kiln-kit-probe", "1.0")
+    wheel(wheels, "kiln-kit-probe", "1.0", "pyyaml>=1", "typing-extensions>=99")
+    wheel(wheels, "pyyaml", "99.0")
+    wheel(wheels, "typing-extensions", "99.0")
+    (wheels / "plan.json").write_text(json.dumps({"roots": ["kiln-kit-probe"]}))
     return wheels
 
 
@@ -160,8 +183,9 @@ def test_the_core_call_dry_run_installs_for_real_and_skips_every_gpu_step(
     tmp_path: Path,
 ) -> None:
     """The core call as pasted into the device tool, with KILN_GPU_DRY_RUN=1, in a copy of
-    the tree: the install is real (the wheel lands in the site folder), the GPU steps are
-    SKIPPED with the dry run's reason, and the summary comes back into $OUT."""
+    the tree: the install is real and decided by pip against what is installed (the root and
+    the too-old package's fallback land in the site folder, the new-enough one is kept), the
+    GPU steps are SKIPPED with the dry run's reason, and the summary comes back into $OUT."""
     tree = tmp_path / "tree"
     shutil.copytree(ROOT / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "examples", tree / "examples", ignore=shutil.ignore_patterns("data"))
@@ -182,7 +206,10 @@ def test_the_core_call_dry_run_installs_for_real_and_skips_every_gpu_step(
         ["bash", "-c", COMMAND], cwd=tree, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (site / "kiln_kit_probe-1.0.dist-info").is_dir()
+    assert sorted(p.name for p in site.glob("*.dist-info")) == [
+        "kiln_kit_probe-1.0.dist-info",
+        "typing_extensions-99.0.dist-info",
+    ]
     summary = json.loads((out / "summary.json").read_text())
     states = {i["name"]: (i["state"], i["reason"]) for i in summary["items"]}
     assert [i["name"] for i in summary["items"]] == [s.name for s in CORE]
@@ -206,6 +233,57 @@ def test_the_core_steps_fit_the_call() -> None:
     assert CARRY == [".gpu-kit/wheels"]
 
 
+def test_a_step_out_of_time_is_stopped_with_everything_it_started(tmp_path: Path) -> None:
+    """SIGINT first, SIGKILL after the grace period for a step that ignores it, and the
+    process group goes whole: a server it started does not outlive it."""
+    child = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(child)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(600)\n"
+    )
+    # Ignored here, SIGINT stays ignored in the step from its first instruction (an ignored
+    # signal survives exec), so only the SIGKILL can end it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        item = execute(tmp_path, "stuck", [sys.executable, "-c", script], seconds=8, grace=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert item.state is StepState.FAILED
+    assert item.reason.startswith("timed out after")
+    pid = int(child.read_text())
+    while not gone(pid):  # killed, then reaped by init: wait for that state
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_pytest_counts_join_the_reason_and_all_skipped_is_skipped(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
+        '<testcase name="a"><skipped message="no tensorrt"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    timed_out = Item("gpu-tests", StepState.FAILED, "timed out after 110 s: ...")
+    assert pytest_item(timed_out, junit).reason == (
+        "1 passed, 1 failed, 1 skipped; timed out after 110 s: ..."
+    )
+    junit.write_text(
+        '<testsuites><testsuite tests="2" failures="0" errors="0" skipped="2">'
+        '<testcase name="a"><skipped message="no CUDA device"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    skipped = pytest_item(Item("gpu-tests", StepState.OK), junit)
+    assert (skipped.state, skipped.reason) == ("SKIPPED", "all 2 skipped: no CUDA device")
+
+
 STEPS = [Step("a", 100), Step("b", 50, needs="a"), Step("c", 30)]
 
 
@@ -225,8 +303,8 @@ def test_a_step_may_use_what_is_left_less_what_later_steps_are_owed(
 
 
 def test_a_step_is_skipped_for_a_failed_prerequisite_no_gpu_or_no_time() -> None:
-    ok = {"a": "OK"}
-    assert skip_reason(STEPS[1], {"a": "FAILED"}, "", 50) == "a did not succeed"
+    ok = {"a": StepState.OK}
+    assert skip_reason(STEPS[1], {"a": StepState.FAILED}, "", 50) == "a did not succeed"
     assert skip_reason(STEPS[1], ok, "no CUDA device", 50) == "no CUDA device"
     assert skip_reason(Step("x", 1, gpu=False), ok, "no CUDA device", 50) is None
     assert str(skip_reason(STEPS[1], ok, "", 2)).startswith("out of time: 2 s")
