@@ -4,7 +4,8 @@ the CPU with KILN_GPU_DRY_RUN=1, to prove it fits before a lease is spent on it.
 1. The kit is built if absent (`make gpu-kit`).
 2. A Python 3.12 venv is made like the device's image (.kiln/gpu-device-venv): the device
    packages Kiln's closure relies on (the kit's plan.json names them), at the versions
-   device-packages.txt records, plus the test runner the image has. Kiln is not installed there.
+   device-packages.txt records, plus the test runner the image has, and of what they need in
+   turn only what the image has too. Kiln is not installed there.
 3. What the device tool would send is copied into a scratch folder: the files git tracks or
    does not ignore, and the carried paths. Its size is printed and must be under 64 MiB.
 4. The command runs there with $OUT set, its wall time printed, each step's line shown: the
@@ -28,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from tests.gpu.kit import build, read_device_packages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +41,7 @@ LIMIT_MIB = 64
 COMMAND = "python3 tests/gpu/on_device.py core $OUT"
 CARRY = [".gpu-kit/wheels"]
 TIMEOUT_S = 540  # the device call's timeout_s: the 465 s budget, the install's start, collect
+RECIPE = 2  # how venv() makes the venv: a new recipe rebuilds it
 RUNNER = ["pytest", "pytest-timeout", "pyyaml"]  # on the image; tests/gpu runs under them
 
 
@@ -71,14 +75,27 @@ def device_requirements() -> list[str]:
 
 def venv() -> Path:
     """The device-like venv, rebuilt when what it must hold changes."""
-    wanted = device_requirements()
+    wanted = [f"recipe-{RECIPE}", *device_requirements()]
     stamp = VENV / "requirements.txt"
     python = VENV / "bin" / "python3"
     if stamp.exists() and stamp.read_text().split() == wanted and python.exists():
         return VENV
     shutil.rmtree(VENV, ignore_errors=True)
     subprocess.run([python312(), "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run([*pip, "--dry-run", "--report", str(report), *wanted[1:]], check=True)
+        resolved = json.loads(report.read_text())["install"]
+    # Only what the image has: a newer release of one of its packages may need something the
+    # image lacks (typer's newest needs pydantic), which would hide a gap the device has.
+    device = read_device_packages()
+    pins = [
+        f"{m['name']}=={m['version']}"
+        for m in (r["metadata"] for r in resolved)
+        if canonicalize_name(m["name"]) in device
+    ]
+    subprocess.run([*pip, "--no-deps", *pins], check=True)
     stamp.write_text("\n".join(wanted) + "\n")
     return VENV
 

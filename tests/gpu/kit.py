@@ -268,6 +268,8 @@ def build(out: Path, with_ort: bool = False) -> dict[str, object]:
     runtime = _park(plan, out) if with_ort else None
     check_installable(wheels, runtime, device, plan)
     fallbacks = carry_fallbacks(plan, device, Fetch(wheels))
+    if plan.conflicts:
+        raise SystemExit("error: " + "; ".join(plan.conflicts))
     carried = sorted(p.name for p in wheels.glob("*.whl"))
     summary: dict[str, object] = {
         "roots": [f"kiln[{','.join(EXTRAS)}]"],
@@ -290,11 +292,20 @@ def carry_fallbacks(
 ) -> dict[str, str]:
     """A wheel for each device package whose version was never read but that something asks a
     version of (pydantic wants a recent typing-extensions, say): the device's install step
-    uses it only where pip finds the device's own copy too old (tests/gpu/install.py)."""
-    found = {}
+    uses it only where pip finds the device's own copy too old (tests/gpu/install.py). What a
+    fallback needs in turn is walked like the rest: trusted to the device, or carried."""
+    found: dict[str, str] = {}
+    needs: list[tuple[Requirement, str]] = []
     for name, spec in sorted(plan.device_specifiers.items()):
         if device.get(name, "") is None and str(spec):
-            found[name] = fetch(name, spec).name
+            wheel = fetch(name, spec)
+            found[name] = wheel.name
+            needs += [(r, f"{name} (fallback)") for r in requirements_of(wheel, frozenset())]
+    more = walk(needs, device, fetch)
+    plan.wheels.update(more.wheels)
+    for name, askers in more.on_device.items():
+        plan.on_device.setdefault(name, []).extend(askers)
+    plan.conflicts += more.conflicts
     return found
 
 
