@@ -263,13 +263,11 @@ def build(out: Path, with_ort: bool = False) -> dict[str, object]:
     if with_ort:
         roots.append((Requirement(RUNTIME), "kit"))
     plan = walk(roots, device, Fetch(wheels))
+    fallbacks = carry_fallbacks(plan, device, Fetch(wheels))
     if plan.conflicts:
         raise SystemExit("error: " + "; ".join(plan.conflicts))
     runtime = _park(plan, out) if with_ort else None
     check_installable(wheels, runtime, device, plan)
-    fallbacks = carry_fallbacks(plan, device, Fetch(wheels))
-    if plan.conflicts:
-        raise SystemExit("error: " + "; ".join(plan.conflicts))
     carried = sorted(p.name for p in wheels.glob("*.whl"))
     summary: dict[str, object] = {
         "roots": [f"kiln[{','.join(EXTRAS)}]"],

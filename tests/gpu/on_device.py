@@ -181,12 +181,16 @@ def spec_copy(source: Path, dest: Path, **changes: object) -> Path:
     return dest
 
 
-def gpu_spec(results: Path, with_ort: bool) -> dict[str, object]:
+def gpu_backends(with_ort: bool) -> list[str]:
+    """The backends the device can run: ONNX Runtime only once onnxruntime-gpu is joined."""
+    return ["pytorch", "aotinductor"] + (["onnxruntime"] if with_ort else [])
+
+
+def gpu_spec(with_ort: bool) -> dict[str, object]:
     """What the device's copy of a spec changes: this GPU only (the CPU target would spend the
     lease on CPU compiles), the backends the device can run, short benchmark caps."""
-    backends = ["pytorch", "aotinductor"] + (["onnxruntime"] if with_ort else [])
     return {
-        "backends": backends,
+        "backends": gpu_backends(with_ort),
         "precisions": ["fp32", "fp16"] + (["int8"] if with_ort else []),
         "targets": {"cpu": True} if rehearsing() else {"cpu": False, "gpuTypes": []},
         "benchmark": {"maxSeconds": 8},
@@ -201,7 +205,7 @@ def commands(results: Path, with_ort: bool) -> dict[str, list[str]]:
     kiln = [PYTHON, "-m", "kiln.cli.main", "optimize"]
     pytest = [PYTHON, "-m", "pytest", "tests/gpu", "-q", "-rs", "-p", "no:cacheprovider"]
     tiny = results / "tiny"
-    backends = ",".join(gpu_spec(results, with_ort)["backends"])  # type: ignore[arg-type]
+    backends = ",".join(gpu_backends(with_ort))
     return {
         "example": [PYTHON, str(EXAMPLE / "make_example.py")],
         "gpu-tests": [*pytest, f"--junitxml={results / 'gpu-tests.xml'}"],
@@ -299,7 +303,7 @@ def pytest_item(item: Item, junit: Path) -> Item:
 
 def prepare(results: Path, with_ort: bool) -> None:
     """The device's spec of the example (pyyaml is one of the device's own packages)."""
-    changes = gpu_spec(results, with_ort)
+    changes = gpu_spec(with_ort)
     spec_copy(EXAMPLE / "optimizedmodel.yaml", results / "lipsync.yaml", **changes)
 
 
@@ -311,8 +315,6 @@ def run_step(results: Path, step: Step, seconds: float, with_ort: bool) -> Item:
         return item
     if step.name == "probe":
         return execute(results, step.name, [PYTHON, "-c", PROBE], seconds)
-    if step.name == "example" and (EXAMPLE / "data/lipsync.pt2").exists():
-        return Item(step.name, StepState.OK, "already made", 0.0, seconds)
     item = execute(results, step.name, commands(results, with_ort)[step.name], seconds)
     return pytest_item(item, results / "gpu-tests.xml") if step.name == "gpu-tests" else item
 
