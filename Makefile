@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= builder,cpu,serve,operator,dev
+EXTRAS ?= builder,cpu,serve,operator,models,dev
 
 .PHONY: setup demo test lint typecheck contracts unit clean cluster-bin cluster-up cluster-down \
 	dev-up dev-down browser gpu-kit gpu-dry-run images image-base container-tools

@@ -25,7 +25,7 @@ from kiln.api.spec import OptimizedModelSpec, Precision, SourceFormat
 from kiln.builder.candidates import CandidatePlan
 from kiln.builder.context import BuildContext
 from kiln.builder.export import export_dims
-from kiln.builder.feeds import random_feeds, trace_lengths
+from kiln.builder.feeds import trace_lengths
 from kiln.builder.prepare import ModelArtifact, Prepared
 from kiln.builder.torch_source import TorchModel
 from kiln.runtime.aoti_build import INDUCTOR_CONFIGS
@@ -47,13 +47,16 @@ def uses_source_program(
     spec: OptimizedModelSpec, plan: CandidatePlan, model: TorchModel | None
 ) -> bool:
     """An FP32 package compiles a `.pt2` source's own program when that program already takes
-    the spec's inputs as every package must: all by position, in the spec's order."""
+    the spec's inputs as every package must (all by position, in the spec's order) and returns
+    the spec's outputs as they are (flat, in the spec's order: no custom output types, which
+    the compile subprocess could not load)."""
     in_spec_order = Call(tuple(t.name for t in spec.inputs))
     return (
         spec.source.resolved_format() is SourceFormat.EXPORTED
         and plan.precision is Precision.FP32
         and model is not None
         and model.call == in_spec_order
+        and model.own_outputs
     )
 
 
@@ -66,6 +69,7 @@ def program_settings(
     return {
         "program": "export",
         "inputs": [t.to_wire() for t in spec.inputs],
+        "outputs": spec.outputs,  # the program returns these, in this order
         "maxBatch": spec.batch_sizes[-1],
     }
 
@@ -177,7 +181,7 @@ def export_program(
     largest = spec.batch_sizes[-1]
     dynamic = spec.batch_varies
     batch = 2 if dynamic else spec.batch_sizes[0]
-    feeds = random_feeds(spec.inputs, batch, seed=1, lengths=trace_lengths(spec, batch))
+    feeds = model.feeds(spec, batch, seed=1, lengths=trace_lengths(spec, batch))
     names = [t.name for t in spec.inputs]
     args = tuple(torch.from_numpy(feeds[n]).to(device) for n in names)
     by_name = export_dims(spec, batch_max=largest if dynamic else None)

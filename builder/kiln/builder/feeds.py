@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -15,8 +15,9 @@ from kiln.runtime.dtypes import NUMPY_DTYPES
 def random_feeds(
     inputs: list[TensorSpec], batch: int, seed: int, lengths: Mapping[str, int] | None = None
 ) -> Feeds:
-    """Deterministic inputs: normal floats, small non-negative integers, random booleans;
-    dynamic axes at `lengths` (default each one's opt)."""
+    """Deterministic inputs: normal floats, random booleans, integers over each input's
+    declared `range` (else small non-negative ones, 0..15); dynamic axes at `lengths`
+    (default each one's opt)."""
     rng = np.random.default_rng(seed)
     feeds: Feeds = {}
     for tensor in inputs:
@@ -27,8 +28,31 @@ def random_feeds(
         elif tensor.dtype is DType.BOOL:
             feeds[tensor.name] = rng.integers(0, 2, shape).astype(dtype)
         else:
-            feeds[tensor.name] = rng.integers(0, 16, shape).astype(dtype)
+            low, high = tensor.value_range or (0, 15)
+            feeds[tensor.name] = rng.integers(low, high + 1, shape).astype(dtype)
     return feeds
+
+
+def example_feeds(
+    inputs: list[TensorSpec],
+    examples: Sequence[Feeds],
+    batch: int,
+    seed: int,
+    lengths: Mapping[str, int] | None = None,
+) -> Feeds:
+    """What checks and exports call the model with: the user's own samples (a calibration or
+    validation set), each cut or repeated to `lengths` (default each axis's opt) and stacked
+    to `batch`, so an integer input holds values the model accepts (a vocabulary of 2, a
+    sample rate); seeded random values only where there are no samples."""
+    if not examples:
+        return random_feeds(inputs, batch, seed, lengths)
+    full = {
+        name: (lengths or {}).get(name, entry.optimal)
+        for tensor in inputs
+        for name, entry in tensor.axes().values()
+    }
+    fitted = [fit_lengths({t.name: e[t.name] for t in inputs}, inputs, full) for e in examples]
+    return stack(fitted, batch, offset=seed)
 
 
 def stack(samples: list[Feeds], batch: int, offset: int = 0) -> Feeds:

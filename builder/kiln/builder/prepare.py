@@ -17,7 +17,7 @@ import onnxruntime
 from kiln.api.errors import KilnError
 from kiln.api.keys import cache_key
 from kiln.api.spec import Precision, SourceFormat
-from kiln.api.status import State
+from kiln.api.status import GateData, State
 from kiln.builder.calibration import SampleSet, fetch_calibration, fetch_validation, iter_samples
 from kiln.builder.context import BuildContext
 from kiln.builder.export import export_onnx, export_settings
@@ -108,6 +108,8 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
         quantizer = plan(spec, calibration, validation)
     stages.append(st)
 
+    gate = gate_set(spec, calibration, validation, quantizer)
+    samples = gate.samples
     onnx_source = spec.source.resolved_format() is SourceFormat.ONNX
     model: TorchModel | None = None
     with ctx.reporter.step("load and check the model"), timed(StageResult("check")) as st:
@@ -115,11 +117,11 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
             check_onnx_signature(load_onnx(source.path, "spec.source.uri"), spec)
         else:
             module = load_torch_module(spec, source.path, ctx.base_dir)
-            model = check_torch_signature(module, spec)
+            # The user's own samples, where there are any: made-up integers may be ids the
+            # model's vocabulary does not have.
+            examples = samples if gate.data is not GateData.NOISE else None
+            model = check_torch_signature(module, spec, examples)
     stages.append(st)
-
-    gate = gate_set(spec, calibration, validation, quantizer)
-    samples = gate.samples
     references = _references(ctx, model, source.path, samples)
 
     with ctx.reporter.step("export to ONNX"), timed(StageResult("export")) as st:

@@ -66,10 +66,15 @@ def calibration_options(method: Method, percentile: float) -> dict[str, Any]:
 # What ONNX Runtime's own transformer recipe quantizes: the matrix products, where INT8 pays.
 MATRIX_OPS = ("MatMul", "Gemm", "Conv")
 NARROWED = (
-    "INT8 in MatMul, Gemm and Conv only: an activation reaches infinity on the calibration "
-    "set (as an attention mask filled with -inf does) and INT8 has no infinity, so only the "
-    "matrix products around it are quantized, as ONNX Runtime's transformer recipe does"
+    "INT8 in MatMul, Gemm and Conv only: an activation reaches infinity or float32's extreme "
+    "on the calibration set (as an attention mask filled with -inf or finfo(float32).min, "
+    "Hugging Face's, does) and no INT8 range can hold it, so only the matrix products around "
+    "it are quantized, as ONNX Runtime's transformer recipe does"
 )
+# numpy's histogram, under the entropy and percentile calibrators, refuses an infinite range
+# ("is not finite") and a finite one too wide for its bins, such as a mask's -3.4e38 ("Too
+# many bins for data range").
+_UNBINNABLE = ("is not finite", "Too many bins for data range")
 
 
 def quantize_qdq(
@@ -80,9 +85,10 @@ def quantize_qdq(
     percentile: float,
     step: Step,
 ) -> str | None:
-    """Quantize every op ONNX Runtime quantizes; where an activation is infinite (no INT8
-    range can hold it), the matrix products only. Returns None, or NARROWED: what the Q/DQ
-    model holds, for the stage's line. `samples` gives a fresh pass over the set each call."""
+    """Quantize every op ONNX Runtime quantizes; where an activation is infinite or at
+    float32's extreme (no INT8 range can hold it), the matrix products only. Returns None, or
+    NARROWED: what the Q/DQ model holds, for the stage's line. `samples` gives a fresh pass
+    over the set each call."""
     prepared = out.with_suffix(".pre.onnx")
     # Shape inference + graph cleanup first, as ONNX Runtime's quantization guide advises.
     quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
@@ -92,9 +98,7 @@ def quantize_qdq(
             if not infinite_scales(out):
                 return None
         except ValueError as exc:
-            # numpy's histogram, under the entropy and percentile calibrators, refuses an
-            # infinite range with these words.
-            if "is not finite" not in str(exc):
+            if not any(words in str(exc) for words in _UNBINNABLE):
                 raise
         _quantize(prepared, out, samples(), method, percentile, step, MATRIX_OPS)
         return NARROWED
@@ -102,15 +106,23 @@ def quantize_qdq(
         prepared.unlink(missing_ok=True)
 
 
+# A scale this large maps a range beyond 1e36 onto 255 steps: an activation at float32's
+# extreme (a mask's finfo.min), whose every other value rounds to zero.
+_EXTREME_SCALE = 1e34
+
+
 def infinite_scales(path: Path) -> list[str]:
-    """Q/DQ scales that are not finite numbers. MinMax calibrates an infinite activation
-    without complaint, to an infinite scale whose answers are garbage."""
+    """Q/DQ scales that are not finite numbers, or that only float32's extreme explains.
+    MinMax calibrates such an activation without complaint, to a scale whose answers are
+    garbage."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    return [
-        i.name
-        for i in graph.initializer
-        if i.name.endswith("_scale") and not np.all(np.isfinite(numpy_helper.to_array(i)))
-    ]
+    out = []
+    for init in graph.initializer:
+        if init.name.endswith("_scale"):
+            scale = numpy_helper.to_array(init).astype(np.float64)
+            if not np.all(np.isfinite(scale)) or np.any(np.abs(scale) > _EXTREME_SCALE):
+                out.append(init.name)
+    return out
 
 
 class _RankOneWeights(logging.Filter):

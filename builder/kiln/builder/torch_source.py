@@ -1,6 +1,6 @@
 """Load a PyTorch source (TorchScript, torch.export program, factory + weights), bind the spec's
-inputs to its forward's arguments (by name where it has names), and check that it accepts them
-and returns as many outputs as the spec names."""
+inputs to its forward's arguments (by name where it has names) and the spec's outputs to what it
+returns (by key where it has keys: kiln.builder.outputs), and check that it accepts the inputs."""
 
 from __future__ import annotations
 
@@ -15,14 +15,23 @@ import torch
 
 from kiln.api.errors import KilnInputError
 from kiln.api.spec import OptimizedModelSpec, SourceFormat
-from kiln.builder.feeds import random_feeds
+from kiln.builder.feeds import example_feeds
+from kiln.builder.outputs import SpecOutputs, as_is, bind_outputs, leaves
+from kiln.runtime.base import Feeds
 from kiln.runtime.binding import Argument, Call, call_for
-from kiln.runtime.torch_runner import flatten_outputs
+from kiln.runtime.errors import logged_warnings, with_warned_cause
+
+# A TorchScript interpreter error opens with this boilerplate and a TorchScript traceback; the
+# cause (`ValueError: Supported sampling rates: [8000, 16000]`) is its last line.
+_TORCHSCRIPT_TRACE = "The following operation failed in the TorchScript interpreter"
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:400]
+    """The line of an error that says what went wrong."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if lines[0].startswith(_TORCHSCRIPT_TRACE) else lines[0])[:400]
 
 
 _DESCRIBED = {
@@ -33,14 +42,41 @@ _DESCRIBED = {
 }
 
 
+def import_source_modules(modules: list[str]) -> None:
+    """The modules a program needs imported before it loads (`spec.source.imports`): those
+    that register its custom output types, e.g. `transformers.modeling_outputs`."""
+    for i, name in enumerate(modules):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise KilnInputError(
+                f"spec.source.imports[{i}]", f"cannot import {name!r}: {_first_line(exc)}"
+            ) from None
+
+
+def _unregistered_hint(text: str) -> str:
+    """What to add to the spec when a program names an output type nobody registered."""
+    marker = "Deserializing "
+    if "not registered" not in text or marker not in text:
+        return ""
+    qualified = text.split(marker, 1)[1].split()[0]
+    module = qualified.rpartition(".")[0]
+    return f" (add `imports: [{module}]` to spec.source, the module that defines it)"
+
+
 def load_torch_module(spec: OptimizedModelSpec, path: Path, base_dir: Path) -> Any:
     fmt = spec.source.resolved_format()
     where = "spec.source.uri"
+    import_source_modules(spec.source.imports)
     try:
         if fmt is SourceFormat.TORCHSCRIPT:
             module: Any = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         elif fmt is SourceFormat.EXPORTED:
-            module = torch.export.load(str(path)).module()
+            with logged_warnings() as warned:
+                try:
+                    module = torch.export.load(str(path)).module()
+                except Exception as exc:  # the cause is in a warning: raise with it
+                    raise RuntimeError(with_warned_cause(str(exc), warned)) from None
         elif fmt is SourceFormat.FACTORY:
             module = _from_factory(spec.source.factory or "", path, base_dir)
         else:
@@ -48,8 +84,10 @@ def load_torch_module(spec: OptimizedModelSpec, path: Path, base_dir: Path) -> A
     except KilnInputError:
         raise
     except Exception as exc:
+        line = _first_line(exc)
         raise KilnInputError(
-            f"{where} ({path})", f"cannot load as {_DESCRIBED[fmt]}: {_first_line(exc)}"
+            f"{where} ({path})",
+            f"cannot load as {_DESCRIBED[fmt]}: {line}{_unregistered_hint(line)}",
         ) from None
     if hasattr(module, "eval") and fmt is not SourceFormat.EXPORTED:
         module.eval()
@@ -84,10 +122,22 @@ def _from_factory(factory: str, weights: Path, base_dir: Path) -> Any:
 @dataclass(frozen=True)
 class TorchModel:
     """A PyTorch source's module and how it is called with the spec's inputs: the two travel
-    together, so nothing calls the module any other way."""
+    together, so nothing calls the module any other way. After the check stage the module is
+    behind `SpecOutputs`: it returns the spec's outputs, in the spec's order, as a tuple."""
 
     module: Any
     call: Call
+    # The source's own module already returns the spec's outputs, flat and in order, so its
+    # own program may be compiled as it is.
+    own_outputs: bool = True
+    # The user's own samples (calibration or validation set) that checks and exports call the
+    # module with; empty: seeded random values over each input's declared range.
+    examples: tuple[Feeds, ...] = ()
+
+    def feeds(
+        self, spec: OptimizedModelSpec, batch: int, seed: int, lengths: dict[str, int] | None
+    ) -> Feeds:
+        return example_feeds(spec.inputs, self.examples, batch, seed, lengths)
 
 
 def forward_arguments(module: Any) -> list[Argument] | None:
@@ -161,19 +211,23 @@ def bind_inputs(module: Any, spec: OptimizedModelSpec) -> Call:
     return call_for(forward, names)
 
 
-def check_torch_signature(module: Any, spec: OptimizedModelSpec) -> TorchModel:
+def check_torch_signature(
+    module: Any, spec: OptimizedModelSpec, examples: list[Feeds] | None = None
+) -> TorchModel:
     """The spec's input names against the forward's, then one forward pass per batch size the
-    spec lists, and at each end of the dynamic axes' ranges: wrong names, shapes, dtypes,
-    batch sizes and ranges surface here, before any export."""
-    model = TorchModel(module, bind_inputs(module, spec))
-    for i, batch in enumerate(spec.batch_sizes):
-        outputs = _forward(model, spec, batch, {}, "spec.inputs" if i == 0 else "spec.batchSizes")
-        if i == 0 and len(outputs) != len(spec.outputs):
-            raise KilnInputError(
-                "spec.outputs",
-                f"names {len(spec.outputs)} outputs {spec.outputs} but the model returns "
-                f"{len(outputs)} tensor(s)",
-            )
+    spec lists, and at each end of the dynamic axes' ranges, on the user's own samples where
+    there are any: wrong names, shapes, dtypes, batch sizes, ranges and output names surface
+    here, before any export."""
+    call = bind_inputs(module, spec)
+    given = tuple(examples or ())
+    raw = TorchModel(module, call, examples=given)
+    result = _forward(raw, spec, spec.batch_sizes[0], {}, "spec.inputs")
+    paths = bind_outputs(result, spec.outputs)
+    returned = [leaf.path for leaf in leaves(result)]
+    selected = SpecOutputs(module, paths, returned)
+    model = TorchModel(selected, call, as_is(result, paths), given)
+    for batch in spec.batch_sizes[1:]:
+        _forward(model, spec, batch, {}, "spec.batchSizes")
     dims = spec.dims()
     if dims:
         field = _range_field(spec)
@@ -195,15 +249,15 @@ def _forward(
     batch: int,
     lengths: dict[str, int],
     field: str,
-) -> list[Any]:
-    feeds = random_feeds(spec.inputs, batch, seed=0, lengths=lengths)
+) -> Any:
+    feeds = model.feeds(spec, batch, seed=0, lengths=lengths)
     tensors = {t.name: torch.from_numpy(feeds[t.name]) for t in spec.inputs}
     described = ", ".join(
         f"{t.name}{list(t.concrete_shape(batch, lengths))}:{t.dtype.value}" for t in spec.inputs
     )
     try:
         with torch.inference_mode():
-            return flatten_outputs(model.call.apply(model.module, tensors))
+            return model.call.apply(model.module, tensors)
     except Exception as exc:
         what = f"batch size {batch}" if field == "spec.batchSizes" else described
         raise KilnInputError(

@@ -24,8 +24,14 @@ def compile_package(program: Path, package: Path, threads: int) -> None:
     import torch
     from torch._inductor import aoti_compile_and_package
 
+    from kiln.runtime.errors import logged_warnings, with_warned_cause
+
     torch.set_num_threads(threads)
-    exported = torch.export.load(str(program))
+    with logged_warnings() as warned:
+        try:
+            exported = torch.export.load(str(program))
+        except Exception as exc:  # the cause is in a warning: raise with it
+            raise RuntimeError(with_warned_cause(str(exc), warned)) from None
     aoti_compile_and_package(
         exported, package_path=str(package), inductor_configs=dict(INDUCTOR_CONFIGS)
     )

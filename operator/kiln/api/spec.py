@@ -77,8 +77,11 @@ _SUFFIX_FORMATS = {
     ".onnx": SourceFormat.ONNX,
     ".pt2": SourceFormat.EXPORTED,
     ".ts": SourceFormat.TORCHSCRIPT,
+    ".jit": SourceFormat.TORCHSCRIPT,
     ".torchscript": SourceFormat.TORCHSCRIPT,
 }
+# A Python module path: what `source.imports` names.
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class Source(KilnModel):
@@ -90,6 +93,19 @@ class Source(KilnModel):
         default=None,
         description="`module:function` returning an nn.Module; `uri` is then its state_dict",
     )
+    imports: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=32)] = Field(
+        default_factory=list,
+        description="Python modules imported before the source loads: those that register "
+        "its custom types (a Hugging Face `.pt2` needs `transformers.modeling_outputs`)",
+    )
+
+    @field_validator("imports")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _MODULE.match(name):
+                raise ValueError(f"expected module paths like 'a.b', got {name!r}")
+        return value
 
     @model_validator(mode="after")
     def _format_and_factory(self) -> Self:
@@ -218,6 +234,13 @@ class TensorSpec(KilnModel):
     dynamic: Annotated[list[DynamicAxis], Field(max_length=15)] | None = Field(
         default=None, description="the range of each -1 beyond axis 0"
     )
+    value_range: Annotated[list[int], Field(min_length=2, max_length=2)] | None = Field(
+        default=None,
+        alias="range",
+        description="an integer input's valid values, [low, high] inclusive (token type ids: "
+        "[0, 1]): what checks and exports feed where no calibration or validation set gives "
+        "real samples",
+    )
 
     @field_validator("name")
     @classmethod
@@ -247,6 +270,12 @@ class TensorSpec(KilnModel):
             if entry.axis in given:
                 raise ValueError(f"dynamic[{k}].axis: axis {entry.axis} is listed twice")
             given[entry.axis] = k
+        if self.value_range is not None:
+            low, high = self.value_range
+            if self.dtype in (DType.FLOAT32, DType.FLOAT16):
+                raise ValueError(f"range: only for integer and bool inputs, not {self.dtype}")
+            if low > high:
+                raise ValueError(f"range: [{low}, {high}] is empty; expected [low, high]")
         for axis, dim in enumerate(self.shape[1:], start=1):
             if dim == -1 and axis not in given:
                 raise ValueError(
@@ -617,6 +646,13 @@ class OptimizedModelSpec(KilnModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Self:
+        inputs = {t.name for t in self.inputs}
+        for i, name in enumerate(self.outputs):
+            if name in inputs:
+                raise ValueError(
+                    f"outputs[{i}]: {name!r} is also an input's name; a served tensor's name "
+                    "must say which one it is"
+                )
         for i, tensor in enumerate(self.inputs):
             if not tensor.dynamic_batch and self.batch_sizes != [tensor.shape[0]]:
                 raise ValueError(
