@@ -126,3 +126,22 @@ def test_a_package_program_takes_the_spec_order_and_binds_by_name(precision: Pre
     tolerance = 1e-2 if precision is Precision.FP16 else 1e-6
     (got,) = flatten_outputs(program(scale, x))  # FP16 returns a tuple
     torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+
+
+def test_a_torchscript_argument_left_to_its_default_is_refused_with_the_signature() -> None:
+    from kiln.builder.torch_source import scripted_problem
+    from tests.fixtures.tiny_models import WithRate
+
+    scripted = torch.jit.script(WithRate())  # type: ignore[no-untyped-call]
+    assert scripted_problem(scripted, 2) is None
+    field, message = scripted_problem(scripted, 1) or ("", "")
+    assert field == "spec.inputs"
+    assert message.startswith(
+        "the TorchScript forward is (x: Tensor, sr: int=16000); leaving 'sr' to its default "
+        "cannot be exported"
+    )
+    assert "'sr' is int, and inputs are tensors" in message
+    assert scripted_problem(scripted, 3) == (
+        "spec.inputs",
+        "names 3 inputs but the forward takes (x: Tensor, sr: int=16000)",
+    )

@@ -199,13 +199,49 @@ def binding_problem(forward: list[Argument] | None, spec: list[str]) -> tuple[st
     return None
 
 
+def scripted_problem(module: Any, given: int) -> tuple[str, str] | None:
+    """(field, message) when a TorchScript archive is called with fewer or more inputs than
+    its forward declares. An argument left to its default passes an eager call, but the
+    TorchScript-based ONNX exporter passes every declared argument and fails on the missing
+    one (`Expected Tensor but got InvalidTag`): refused here, with the signature."""
+    schema = getattr(getattr(module, "forward", None), "schema", None)
+    if schema is None:
+        return None
+    declared = list(schema.arguments)[1:]  # without self
+    described = ", ".join(_argument_text(a) for a in declared)
+    if given > len(declared):
+        return "spec.inputs", f"names {given} inputs but the forward takes ({described})"
+    left = declared[given:]
+    if not left:
+        return None
+    untensored = [f"{a.name!r} is {a.type}" for a in left if str(a.type) != "Tensor"]
+    fix = (
+        f"{', '.join(untensored)}, and inputs are tensors: script a wrapper whose forward "
+        "takes tensors only and fixes it"
+        if untensored
+        else "list it as an input"
+    )
+    return (
+        "spec.inputs",
+        f"the TorchScript forward is ({described}); leaving "
+        f"{', '.join(repr(a.name) for a in left)} to its default cannot be exported (the "
+        f"TorchScript-based ONNX exporter passes every declared argument): {fix}",
+    )
+
+
+def _argument_text(argument: Any) -> str:
+    default = f"={argument.default_value}" if argument.has_default_value() else ""
+    return f"{argument.name}: {argument.type}{default}"
+
+
 def bind_inputs(module: Any, spec: OptimizedModelSpec) -> Call:
     """How `module` is called with the spec's inputs; names that cannot bind are refused."""
     # TorchScript archives are bound by position (a traced archive's names are the tracer's).
     scripted = spec.source.resolved_format() is SourceFormat.TORCHSCRIPT
     forward = None if scripted else forward_arguments(module)
     names = [t.name for t in spec.inputs]
-    problem = binding_problem(forward, names)
+    problem = scripted_problem(module, len(names)) if scripted else None
+    problem = problem or binding_problem(forward, names)
     if problem is not None:
         raise KilnInputError(*problem)
     return call_for(forward, names)
