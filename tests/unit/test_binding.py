@@ -132,7 +132,7 @@ def test_a_torchscript_argument_left_to_its_default_is_refused_with_the_signatur
     from kiln.builder.torch_source import scripted_problem
     from tests.fixtures.tiny_models import WithRate
 
-    scripted = torch.jit.script(WithRate())  # type: ignore[no-untyped-call]
+    scripted = torch.jit.script(WithRate())
     assert scripted_problem(scripted, 2) is None
     field, message = scripted_problem(scripted, 1) or ("", "")
     assert field == "spec.inputs"

@@ -19,7 +19,10 @@ from kiln.api.layout import STATUS_FILE
 from kiln.api.request import Stage
 from kiln.api.verdict import verdict
 from kiln.cli.capture import library_output_to
+from kiln.cli.leftovers import owned_prefix, sweep
 from kiln.cli.outdir import LOG_FILE, OutputFolder
+
+WORK_PREFIX = "kiln-"  # the work folder in the system's temporary folder: kiln-PID-xxxx
 
 if TYPE_CHECKING:
     from kiln.api.spec import OptimizedModel
@@ -566,7 +569,9 @@ def _context(
     root = parse_uri(root_uri, base_dir) if root_uri else parse_uri(".kiln/artifacts")
     cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln"
     storage = Storage()
-    with tempfile.TemporaryDirectory(prefix="kiln-") as work:
+    # A run the kernel killed left its work folder; this one removes it (kiln.cli.leftovers).
+    sweep(Path(tempfile.gettempdir()), WORK_PREFIX)
+    with tempfile.TemporaryDirectory(prefix=owned_prefix(WORK_PREFIX)) as work:
         yield BuildContext(
             model=model,
             base_dir=base_dir,

@@ -14,6 +14,7 @@ from kiln.api.errors import KilnInputError
 from kiln.api.layout import MODEL_DOCUMENT, STATUS_FILE
 from kiln.api.spec import OptimizedModel
 from kiln.api.status import OptimizedModelStatus, Phase
+from kiln.cli.leftovers import owned_prefix, sweep
 
 LOG_FILE = "kiln.log"
 REPORT_MD = "report.md"
@@ -44,11 +45,23 @@ class OutputFolder:
         check_replaceable(final)
         self.final = final
         final.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.kiln-", dir=final.parent))
+        # What a run killed before its `finally` left beside the folder.
+        for kind in (self._staging_prefix, self._old_prefix):
+            sweep(final.parent, kind)
+        staging = owned_prefix(self._staging_prefix)
+        self.staging = Path(tempfile.mkdtemp(prefix=staging, dir=final.parent))
         # mkdtemp makes it private (0700); the folder it becomes is an ordinary one.
         umask = os.umask(0)
         os.umask(umask)
         self.staging.chmod(0o777 & ~umask)
+
+    @property
+    def _staging_prefix(self) -> str:
+        return f".{self.final.name}.kiln-"
+
+    @property
+    def _old_prefix(self) -> str:
+        return f".{self.final.name}.kiln-old-"
 
     @property
     def log(self) -> Path:
@@ -77,7 +90,7 @@ class OutputFolder:
 
     def commit(self) -> None:
         """Swap the staging folder in; the previous run's folder is removed."""
-        old = self.final.with_name(f".{self.final.name}.kiln-old-{os.getpid()}")
+        old = self.final.with_name(f"{owned_prefix(self._old_prefix)}0")
         if self.final.exists():
             self.final.replace(old)
         self.staging.replace(self.final)
