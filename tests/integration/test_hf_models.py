@@ -7,6 +7,7 @@ the same model as a `.pt2` program, which loads only with `source.imports`."""
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 from kiln.cli.main import app
 from kiln.storage.objects import parse_uri
 from tests.conftest import FAST_BENCHMARK
-from tests.integration.test_serve import start
+from tests.integration.test_serve import KILN, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,6 +94,12 @@ def write_spec(root: Path, **spec: Any) -> Path:
 
 def optimize(spec: Path, out: Path) -> Any:
     return CliRunner().invoke(app, ["optimize", str(spec), "-o", str(out), "-q"])
+
+
+def kiln_optimize(spec: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """`kiln optimize` in a process of its own."""
+    command = [KILN, "optimize", str(spec), "-o", str(out), "-q"]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
 def cpu_target(out: Path) -> dict[str, Any]:
@@ -177,30 +184,15 @@ def test_a_bert_program_loads_with_its_imports_and_says_which_it_lacks(tmp_path:
     }
     # In this process transformers is imported, so its types are registered: only a fresh
     # process shows what is missing. `kiln` as a subprocess is that fresh process.
-    import subprocess
-    import sys
-
-    kiln = str(Path(sys.executable).parent / "kiln")
     bare = write_spec(tmp_path, source={"uri": "encoder.pt2"}, **common)
-    refused = subprocess.run(
-        [kiln, "optimize", str(bare), "-o", str(tmp_path / "bare"), "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    refused = kiln_optimize(bare, tmp_path / "bare")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     said = " ".join((refused.stdout + refused.stderr).split())
     assert "transformers.modeling_outputs.BaseModelOutputWithPoolingAndCrossAttentions" in said
     assert "add `imports: [transformers.modeling_outputs]` to spec.source" in said
 
     imports = {"uri": "encoder.pt2", "imports": ["transformers.modeling_outputs"]}
-    spec = write_spec(tmp_path, source=imports, **common)
-    done = subprocess.run(
-        [kiln, "optimize", str(spec), "-o", str(tmp_path / "out"), "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = kiln_optimize(write_spec(tmp_path, source=imports, **common), tmp_path / "out")
     assert done.returncode == 0, done.stdout + done.stderr
     candidates = {c["name"]: c for c in cpu_target(tmp_path / "out")["candidates"]}
     assert candidates["aotinductor-cpu-fp32"]["state"] == "OK", candidates

@@ -14,9 +14,9 @@ import pytest
 
 from kiln.cli.leftovers import owner_of, sweep
 from tests.conftest import make_tiny_example, tiny_spec
+from tests.integration.test_serve import KILN
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-KILN = str(Path(sys.executable).parent / "kiln")
 
 
 def leftovers(tmp: Path, parent: Path) -> list[str]:

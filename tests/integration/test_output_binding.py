@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime
 import pytest
@@ -23,7 +22,7 @@ from kiln.runtime.base import infer
 from kiln.storage.objects import parse_uri
 from tests.conftest import make_tiny_example, tiny_spec
 from tests.fixtures.tiny_models import build_keyed
-from tests.integration.test_serve import start
+from tests.integration.test_serve import Server, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FP32_BACKENDS = ["pytorch", "aotinductor", "onnxruntime"]
@@ -40,18 +39,8 @@ def local_path(uri: str) -> Path:
     return Path(parse_uri(uri).key)
 
 
-def served_outputs(url: str, image: np.ndarray) -> dict[str, Any]:
-    body = {
-        "inputs": [
-            {
-                "name": "image",
-                "shape": list(image.shape),
-                "datatype": "FP32",
-                "data": image.reshape(-1).tolist(),
-            }
-        ]
-    }
-    response = httpx.post(f"{url}/v2/models/tiny/infer", json=body, timeout=30)
+def served_outputs(server: Server, image: np.ndarray) -> dict[str, Any]:
+    response = server.infer(image)
     assert response.status_code == 200, response.text
     return {o["name"]: o for o in response.json()["outputs"]}
 
@@ -90,7 +79,7 @@ def test_dict_outputs_bind_by_key_in_every_engine_and_in_kiln_serve(tmp_path: Pa
 
     process, url = start(out, "--name", "tiny")
     try:
-        served = served_outputs(url, image)
+        served = served_outputs(Server(url, out, process), image)
     finally:
         process.terminate()
         process.wait(timeout=10)

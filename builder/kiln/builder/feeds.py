@@ -15,9 +15,9 @@ from kiln.runtime.dtypes import NUMPY_DTYPES
 def random_feeds(
     inputs: list[TensorSpec], batch: int, seed: int, lengths: Mapping[str, int] | None = None
 ) -> Feeds:
-    """Deterministic inputs: normal floats, random booleans, integers over each input's
-    declared `range` (else small non-negative ones, 0..15); dynamic axes at `lengths`
-    (default each one's opt)."""
+    """Deterministic inputs: normal floats; integers and booleans over each input's declared
+    `range` (else 0..15, and both truth values); dynamic axes at `lengths` (default each
+    one's opt)."""
     rng = np.random.default_rng(seed)
     feeds: Feeds = {}
     for tensor in inputs:
@@ -25,10 +25,9 @@ def random_feeds(
         dtype = NUMPY_DTYPES[tensor.dtype]
         if tensor.dtype in (DType.FLOAT32, DType.FLOAT16):
             feeds[tensor.name] = rng.standard_normal(shape).astype(dtype)
-        elif tensor.dtype is DType.BOOL:
-            feeds[tensor.name] = rng.integers(0, 2, shape).astype(dtype)
         else:
-            low, high = tensor.value_range or (0, 15)
+            default = (0, 1) if tensor.dtype is DType.BOOL else (0, 15)
+            low, high = tensor.value_range or default
             feeds[tensor.name] = rng.integers(low, high + 1, shape).astype(dtype)
     return feeds
 

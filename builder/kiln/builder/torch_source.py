@@ -19,7 +19,7 @@ from kiln.builder.feeds import example_feeds
 from kiln.builder.outputs import SpecOutputs, as_is, bind_outputs, leaves
 from kiln.runtime.base import Feeds
 from kiln.runtime.binding import Argument, Call, call_for
-from kiln.runtime.errors import logged_warnings, with_warned_cause
+from kiln.runtime.errors import load_exported
 
 # A TorchScript interpreter error opens with this boilerplate and a TorchScript traceback; the
 # cause (`ValueError: Supported sampling rates: [8000, 16000]`) is its last line.
@@ -72,11 +72,7 @@ def load_torch_module(spec: OptimizedModelSpec, path: Path, base_dir: Path) -> A
         if fmt is SourceFormat.TORCHSCRIPT:
             module: Any = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         elif fmt is SourceFormat.EXPORTED:
-            with logged_warnings() as warned:
-                try:
-                    module = torch.export.load(str(path)).module()
-                except Exception as exc:  # the cause is in a warning: raise with it
-                    raise RuntimeError(with_warned_cause(str(exc), warned)) from None
+            module = load_exported(str(path)).module()
         elif fmt is SourceFormat.FACTORY:
             module = _from_factory(spec.source.factory or "", path, base_dir)
         else:

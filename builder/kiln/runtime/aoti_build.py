@@ -24,14 +24,10 @@ def compile_package(program: Path, package: Path, threads: int) -> None:
     import torch
     from torch._inductor import aoti_compile_and_package
 
-    from kiln.runtime.errors import logged_warnings, with_warned_cause
+    from kiln.runtime.errors import load_exported
 
     torch.set_num_threads(threads)
-    with logged_warnings() as warned:
-        try:
-            exported = torch.export.load(str(program))
-        except Exception as exc:  # the cause is in a warning: raise with it
-            raise RuntimeError(with_warned_cause(str(exc), warned)) from None
+    exported = load_exported(str(program))
     aoti_compile_and_package(
         exported, package_path=str(package), inductor_configs=dict(INDUCTOR_CONFIGS)
     )

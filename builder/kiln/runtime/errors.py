@@ -7,6 +7,7 @@ import re
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -56,3 +57,15 @@ def with_warned_cause(text: str, warnings: list[str]) -> str:
         if raised:
             return _ANSI.sub("", raised[-1]).split(". ")[0][:400]
     return text
+
+
+def load_exported(path: str) -> Any:
+    """torch.export.load, raising with the cause torch logged as a warning (an unregistered
+    output type) instead of its own `Please check the warnings above`."""
+    import torch
+
+    with logged_warnings() as warned:
+        try:
+            return torch.export.load(path)
+        except Exception as exc:
+            raise RuntimeError(with_warned_cause(str(exc), warned)) from None
