@@ -675,7 +675,7 @@ def test_bad_specs_end_in_the_right_conditions(operator: Operator) -> None:
         kubectl(op.cluster, "apply", "-f", "-", stdin=json.dumps(bad_shape))
     message = str(refused.value)
     assert "spec.inputs[0].dynamic" in message
-    assert "every -1 beyond axis 0 needs exactly one dynamic entry" in message
+    assert "every -1 but the batch axis needs a dynamic entry" in message
 
     # What only Kiln's own rules or the world outside the API server can tell, the status does.
     apply(op, resource("nosource", ns, source={"uri": "s3://kiln/models/nope.pt2"}))

@@ -139,9 +139,9 @@ def test_crd_schema_rejects_a_bad_spec_with_the_servers_message(cluster: Cluster
 
     seq = {"axis": 1, "min": 8, "max": 128}
     shapes: list[tuple[str, list[int], list[Any] | None, str]] = [
-        ("norange", [-1, -1], None, "every -1 beyond axis 0 needs exactly one dynamic entry"),
-        ("fixedaxis", [-1, 4], [seq], "every -1 beyond axis 0 needs exactly one dynamic entry"),
-        ("twice", [-1, -1], [seq, seq], "every -1 beyond axis 0 needs exactly one dynamic entry"),
+        ("norange", [-1, -1], None, "every -1 but the batch axis needs a dynamic entry"),
+        ("fixedaxis", [-1, 4], [seq], "every -1 but the batch axis needs a dynamic entry"),
+        ("twice", [-1, -1], [seq, seq], "every -1 but the batch axis needs a dynamic entry"),
         ("negative", [-1, -3], None, "dimensions must be positive, or -1 for a dynamic axis"),
         ("empty", [-1, -1], [{**seq, "max": 8}], "expected min < max and min <= opt <= max"),
         ("opt", [-1, -1], [{**seq, "opt": 200}], "expected min < max and min <= opt <= max"),
@@ -157,6 +157,24 @@ def test_crd_schema_rejects_a_bad_spec_with_the_servers_message(cluster: Cluster
     custom.create_namespaced_custom_object(
         "kiln.dev", "v1alpha1", ns, "optimizedmodels", tensor("seq", [-1, -1, 4], [seq])
     )
+    # A recurrent state batched on axis 1, and an input with no batch axis: the server keeps
+    # the explicit null (nullable), which Kiln reads as "no batch axis", not as axis 0.
+    state = tensor("state", [2, -1, 4], None)
+    state["spec"]["inputs"][0]["batchAxis"] = 1
+    state["spec"]["inputs"].append({"name": "sr", "shape": [], "dtype": "int64"})
+    state["spec"]["inputs"].append({"name": "h", "shape": [1, 4], "batchAxis": None})
+    custom.create_namespaced_custom_object("kiln.dev", "v1alpha1", ns, "optimizedmodels", state)
+    stored = custom.get_namespaced_custom_object(
+        "kiln.dev", "v1alpha1", ns, "optimizedmodels", "state"
+    )
+    assert [t.get("batchAxis", "absent") for t in stored["spec"]["inputs"]] == [1, "absent", None]
+    outside = tensor("outside", [2, 4], None)
+    outside["spec"]["inputs"][0]["batchAxis"] = 2
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(
+            "kiln.dev", "v1alpha1", ns, "optimizedmodels", outside
+        )
+    assert "batchAxis must be an axis of shape" in json.loads(info.value.body)["message"]
 
     # serving.replicas is an int-or-string: a count, or 'auto' with a target throughput.
     def serving(name: str, value: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""Stage: fetch the calibration set, and the validation set if the spec has one (both are
-folders of .npz shards, arrays named by input, axis 0 = samples), and check them."""
+"""Stage: fetch the calibration set, and the validation set if the spec has one, and check
+them. Both are folders of .npz shards, one array per input named by it, holding the samples
+along the input's batch axis (axis 0 unless `batchAxis` says otherwise: a shard is a batch
+the model could take); an input with no batch axis holds them on a new leading axis."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from kiln.api.errors import KilnInputError
-from kiln.api.spec import OptimizedModelSpec
+from kiln.api.spec import OptimizedModelSpec, TensorSpec
 from kiln.builder.context import BuildContext, named
+from kiln.builder.feeds import batch_count, take
 from kiln.runtime.base import Feeds
 from kiln.runtime.dtypes import NUMPY_DTYPES
 from kiln.storage.artifacts import file_digest
@@ -48,13 +51,13 @@ def check_shard(path: Path, label: str, spec: OptimizedModelSpec) -> int:
                 f"no array named {tensor.name!r} (spec.inputs[{index}]); it holds {sorted(arrays)}",
             )
         array = arrays[tensor.name]
-        # Axis 0 counts samples here, whatever the batch axis allows.
-        problem = tensor.mismatch([1, *array.shape[1:]]) if array.ndim else "a scalar"
+        count, problem = _sample_count(tensor, array.shape)
         if problem:
             raise KilnInputError(
                 label,
                 f"array {tensor.name!r} has shape {list(array.shape)}, expected "
-                f"{['N', *tensor.wanted()[1:]]} from spec.inputs[{index}].shape",
+                f"{_shard_shape(tensor)} from spec.inputs[{index}].shape (samples on "
+                f"{'a new leading axis' if tensor.batch_axis is None else 'the batch axis'})",
             )
         expected = np.dtype(NUMPY_DTYPES[tensor.dtype])
         if array.dtype != expected:
@@ -64,13 +67,39 @@ def check_shard(path: Path, label: str, spec: OptimizedModelSpec) -> int:
                 f"from spec.inputs[{index}].dtype",
             )
         _require_finite(array, tensor.name, label)
-        counts.add(int(array.shape[0]))
+        counts.add(count)
     if len(counts) != 1:
         raise KilnInputError(label, f"arrays hold different sample counts {sorted(counts)}")
-    conflict = spec.length_conflict({t.name: arrays[t.name].shape for t in spec.inputs})
+    # Per-sample shapes: an input with no batch axis holds its samples on an extra axis 0.
+    shapes = {
+        t.name: arrays[t.name].shape[1:] if t.batch_axis is None else arrays[t.name].shape
+        for t in spec.inputs
+    }
+    conflict = spec.length_conflict(shapes)
     if conflict:
         raise KilnInputError(label, conflict)
     return counts.pop()
+
+
+def _sample_count(tensor: TensorSpec, shape: tuple[int, ...]) -> tuple[int, str | None]:
+    """(samples, problem) of one input's array in a shard: the samples lie on its batch
+    axis, or on a new leading axis where it has none."""
+    axis = tensor.batch_axis
+    if axis is None:
+        if not shape:
+            return 0, "no samples axis"
+        return shape[0], tensor.mismatch(shape[1:])
+    if len(shape) != len(tensor.shape):
+        return 0, "rank"
+    one = [*shape[:axis], 1, *shape[axis + 1 :]]
+    return shape[axis], tensor.mismatch(one)
+
+
+def _shard_shape(tensor: TensorSpec) -> list[int | str]:
+    wanted = tensor.wanted()
+    if tensor.batch_axis is None:
+        return ["N", *wanted]
+    return [*wanted[: tensor.batch_axis], "N", *wanted[tensor.batch_axis + 1 :]]
 
 
 def _require_finite(array: np.ndarray, name: str, label: str) -> None:
@@ -135,9 +164,8 @@ def _indexed(found: SampleSet, spec: OptimizedModelSpec) -> Iterator[tuple[int, 
     for shard in found.shards:
         with np.load(shard, allow_pickle=False) as data:
             arrays = {t.name: data[t.name] for t in spec.inputs}
-        count = next(iter(arrays.values())).shape[0]
-        for i in range(count):
-            yield index, {name: array[i : i + 1] for name, array in arrays.items()}
+        for i in range(batch_count(arrays, spec.inputs)):
+            yield index, take(arrays, spec.inputs, i)
             index += 1
 
 

@@ -40,7 +40,8 @@ def export_onnx(model: TorchModel, spec: OptimizedModelSpec, out: Path) -> None:
     has names), exported with the spec's names on the graph's inputs, so ONNX Runtime is fed
     by name whatever order the spec lists them in."""
     # Batch 2, not 1: tracing at 1 lets the exporter specialise the batch axis to a constant.
-    batch = 2 if all(t.dynamic_batch for t in spec.inputs) else spec.batch_sizes[0]
+    batched = spec.batched_inputs()
+    batch = 2 if batched and all(t.dynamic_batch for t in batched) else spec.batch_sizes[0]
     feeds = model.feeds(spec, batch, seed=1, lengths=trace_lengths(spec, batch))
     args, kwargs = model.call.split({t.name: torch.from_numpy(feeds[t.name]) for t in spec.inputs})
     common: dict[str, Any] = {
@@ -85,7 +86,8 @@ def _export_scripted(
     returned = list(selected.returned) if selected is not None else []
     names = [f"kiln_output_{i}" for i in range(len(returned))] or spec.outputs
     axes = {t.name: named_axes(t) for t in spec.inputs if named_axes(t)}
-    axes |= {o: {0: BATCH_DIM} for o in names}
+    if spec.merges_requests:  # outputs batched on axis 0 like every input
+        axes |= {o: {0: BATCH_DIM} for o in names}
     options = {**common, "output_names": names}
     torch.onnx.export(module, args, str(out), dynamic_axes=axes, dynamo=False, **options)
     if selected is not None:
@@ -124,7 +126,9 @@ def call_shapes(model: TorchModel, by_name: dict[str, dict[int, Any]]) -> Any:
 def named_axes(tensor: TensorSpec) -> dict[int, str]:
     """The input's dynamic axes by ONNX dimension name: inputs that share a name share it."""
     axes = {axis: name for axis, (name, _) in tensor.axes().items()}
-    return {0: BATCH_DIM, **axes} if tensor.dynamic_batch else axes
+    if tensor.batch_axis is None or not tensor.dynamic_batch:
+        return axes
+    return {tensor.batch_axis: BATCH_DIM, **axes}
 
 
 def export_dims(spec: OptimizedModelSpec, batch_max: int | None) -> dict[str, dict[int, Any]]:

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from kiln.api.spec import DType, OptimizedModelSpec, TensorSpec
-from kiln.runtime.base import Feeds
+from kiln.api.spec import DType, OptimizedModelSpec, TensorSpec, batch_size_of
+from kiln.runtime.base import Array, Feeds
 from kiln.runtime.dtypes import NUMPY_DTYPES
 
 
@@ -51,20 +51,54 @@ def example_feeds(
         for name, entry in tensor.axes().values()
     }
     fitted = [fit_lengths({t.name: e[t.name] for t in inputs}, inputs, full) for e in examples]
-    return stack(fitted, batch, offset=seed)
+    return stack(fitted, inputs, batch, offset=seed)
 
 
-def stack(samples: list[Feeds], batch: int, offset: int = 0) -> Feeds:
-    """A batch built from single samples, cycling when there are fewer samples than `batch`."""
-    names = list(samples[0])
+def stack(
+    samples: Sequence[Feeds], inputs: Sequence[TensorSpec], batch: int, offset: int = 0
+) -> Feeds:
+    """A batch built from single samples along each input's batch axis, cycling when there
+    are fewer samples than `batch`. An input with no batch axis is one value for the whole
+    batch: the first pick's."""
     picks = [samples[(offset + i) % len(samples)] for i in range(batch)]
-    return {n: np.concatenate([p[n] for p in picks], axis=0) for n in names}
+    out: Feeds = {}
+    for tensor in inputs:
+        axis = tensor.batch_axis
+        parts = [p[tensor.name] for p in picks]
+        out[tensor.name] = parts[0] if axis is None else np.concatenate(parts, axis=axis)
+    return out
 
 
-def split(feeds: Feeds) -> list[Feeds]:
-    """Single-sample feeds from a batch (axis 0)."""
-    count = next(iter(feeds.values())).shape[0]
-    return [{n: v[i : i + 1] for n, v in feeds.items()} for i in range(count)]
+def batch_count(feeds: Mapping[str, Array], inputs: Sequence[TensorSpec]) -> int:
+    """The batch size `feeds` hold: 1 where no input has a batch axis."""
+    return batch_size_of(inputs, {t.name: feeds[t.name].shape for t in inputs})
+
+
+def take(arrays: Mapping[str, Array], inputs: Sequence[TensorSpec], index: int) -> Feeds:
+    """Sample `index` of arrays that hold samples along each input's batch axis (a sample
+    keeps that axis, at 1); an input with no batch axis holds them on a new leading axis."""
+    out: Feeds = {}
+    for tensor in inputs:
+        array = arrays[tensor.name]
+        axis = tensor.batch_axis
+        out[tensor.name] = array[index] if axis is None else np.take(array, [index], axis=axis)
+    return out
+
+
+def split(feeds: Feeds, inputs: Sequence[TensorSpec]) -> list[Feeds]:
+    """Single-sample feeds from a batch, along each input's batch axis."""
+    count = batch_count(feeds, inputs)
+    out: list[Feeds] = []
+    for i in range(count):
+        out.append(
+            {
+                t.name: feeds[t.name]
+                if t.batch_axis is None
+                else np.take(feeds[t.name], [i], axis=t.batch_axis)
+                for t in inputs
+            }
+        )
+    return out
 
 
 def fit_lengths(feeds: Feeds, inputs: list[TensorSpec], lengths: Mapping[str, int]) -> Feeds:
@@ -80,7 +114,8 @@ def fit_lengths(feeds: Feeds, inputs: list[TensorSpec], lengths: Mapping[str, in
             if reps > 1:
                 array = np.concatenate([array] * reps, axis=axis)
             array = np.take(array, np.arange(want), axis=axis)
-        out[tensor.name] = np.ascontiguousarray(array)
+        # Not ascontiguousarray: that turns a scalar (0-d) into shape [1].
+        out[tensor.name] = np.asarray(array, order="C")
     return out
 
 

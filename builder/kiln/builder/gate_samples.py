@@ -125,7 +125,7 @@ def gate_set(
         )
     if calibration is None:
         return GateSet(
-            split(random_feeds(spec.inputs, count, seed=NOISE_SEED)),
+            split(random_feeds(spec.inputs, count, seed=NOISE_SEED), spec.inputs),
             GateData.NOISE,
             f"{count} seeded random samples (no calibration or validation set)",
             {"data": GateData.NOISE.value, "count": count, "seed": NOISE_SEED},

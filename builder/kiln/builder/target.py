@@ -215,7 +215,7 @@ def _benchmark(
         for batch, lengths in itertools.product(spec.batch_sizes, shapes):
             where = f"batch {shape_text(batch, lengths)}"
             fitted = [fit_lengths(s, spec.inputs, lengths) for s in prepared.samples]
-            feeds = stack(fitted, batch)
+            feeds = stack(fitted, spec.inputs, batch)
             staged: dict[str, Runner] = {}
             for name, runner in list(runners.items()):
                 try:

@@ -456,11 +456,16 @@ def serve(
     spec = model.spec
 
     def warm_up(batch: int, lengths: dict[str, int]) -> list[Any]:
-        zeros = {
-            t.name: np.zeros(t.concrete_shape(batch, lengths), dtype=NUMPY_DTYPES[t.dtype])
+        # Zeros, or an integer input's lowest valid value: a sample rate of 0 is not one.
+        feeds = {
+            t.name: np.full(
+                t.concrete_shape(batch, lengths),
+                t.value_range[0] if t.value_range else 0,
+                dtype=NUMPY_DTYPES[t.dtype],
+            )
             for t in spec.inputs
         }
-        return engine_thread.submit(infer, runner, zeros).result()
+        return engine_thread.submit(infer, runner, feeds).result()
 
     # Two warm-ups tell which output dimensions follow the batch or a length (the metadata's -1).
     at_one, *rest = [warm_up(batch, lengths) for batch, lengths in warm_up_points(spec)]
@@ -473,6 +478,7 @@ def serve(
         outputs=spec.outputs,
         max_batch=max(spec.batch_sizes),
         output_meta=output_metadata(spec.outputs, at_one, at_two),
+        merges=spec.merges_requests,
     )
     draining = Draining()
     max_body = int(max_body_mb * (1 << 20))

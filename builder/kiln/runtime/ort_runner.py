@@ -62,7 +62,7 @@ class OrtRunner:
         self._out: list[Array] = []
 
     def prepare(self, feeds: Feeds) -> None:
-        self._feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        self._feeds = {k: np.asarray(v, order="C") for k, v in feeds.items()}
         if self.device.startswith("cuda"):
             # Inputs live on the GPU before timing starts, as the PyTorch baseline's do.
             binding = self.session.io_binding()

@@ -46,7 +46,7 @@ class TorchRunner:
     def prepare(self, feeds: Feeds) -> None:
         # Split once here, so a timed run costs the same whether inputs go by name or not.
         staged = {
-            n: torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device)
+            n: torch.from_numpy(np.asarray(feeds[n], order="C")).to(self.device)
             for n in self.call.order
         }
         self._args, self._kwargs = self.call.split(staged)

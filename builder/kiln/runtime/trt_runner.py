@@ -52,7 +52,7 @@ class TrtRunner:
             if self.engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
                 continue
             want = _torch_dtype(self.engine.get_tensor_dtype(name))
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device, want)
+            tensor = torch.from_numpy(np.asarray(feeds[name], order="C")).to(self.device, want)
             self._inputs[name] = tensor
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())

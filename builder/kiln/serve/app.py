@@ -79,7 +79,7 @@ def create_app(
     readiness endpoints answer 503 while requests are still served (kiln.serve.drain)."""
     stopping = draining or Draining()
     metrics = Metrics()
-    batcher = Batcher(infer, info.max_batch, window_ms / 1000.0, executor)
+    batcher = Batcher(infer, info.max_batch, window_ms / 1000.0, executor, info.merges)
     batcher.on_batch = metrics.executed
 
     @asynccontextmanager

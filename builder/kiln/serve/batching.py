@@ -63,11 +63,15 @@ class Batcher:
         max_batch: int,
         window_s: float,
         executor: concurrent.futures.ThreadPoolExecutor | None = None,
+        merges: bool = True,
     ) -> None:
         """`executor`: the one thread the runner lives on. Give the one that loaded and warmed
         it up: OpenMP keeps a thread team per calling thread, and a second team (the warm-up
         thread's) spinning beside the first slows every inference on a small machine."""
         self._infer = infer
+        # False: each request runs alone (an input batched on another axis than 0, or with
+        # no batch axis: requests would not concatenate, nor outputs split, on axis 0).
+        self.merges = merges
         self.max_batch = max_batch
         self.window_s = window_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -89,8 +93,10 @@ class Batcher:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, feeds: Feeds) -> list[Array]:
-        size = int(next(iter(feeds.values())).shape[0])
+    async def submit(self, feeds: Feeds, size: int | None = None) -> list[Array]:
+        """The outputs for `feeds`, a request of `size` samples (default: axis 0's length)."""
+        if size is None:
+            size = int(next(iter(feeds.values())).shape[0])
         future: asyncio.Future[list[Array]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(feeds, size, future, shape_key(feeds)))
         return await future
@@ -110,6 +116,8 @@ class Batcher:
         within the window, until the batch is full or a request of another shape comes;
         returns the batch and the request that starts the next one."""
         group, total = [first], first.size
+        if not self.merges:
+            return group, None
         deadline = loop.time() + self.window_s
         while total < self.max_batch:
             if not self._queue.empty():

@@ -155,7 +155,7 @@ async def infer(
         await context.abort(grpc.StatusCode.INTERNAL, str(exc))
     tensors, contents = [], []
     for name, output in outputs:
-        array = np.ascontiguousarray(output)
+        array = np.asarray(output, order="C")
         tensors.append(
             pb.ModelInferResponse.InferOutputTensor(
                 name=name, datatype=datatype_of(array), shape=list(array.shape)

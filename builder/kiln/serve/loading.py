@@ -44,15 +44,26 @@ def pick_target(targets: list[TargetStatus], wanted: str | None, gpu: str | None
     )
 
 
+def kept_baseline(target: TargetStatus) -> str | None:
+    """The baseline, where nothing beat it and it is itself a servable engine (an ONNX source
+    measured in ONNX Runtime): keeping it is the decision, so it is what is served. None for
+    a PyTorch baseline, which `kiln serve` does not run."""
+    baseline = target.candidate(target.baseline) if target.baseline else None
+    if baseline is None or baseline.backend not in SERVABLE or baseline.artifact is None:
+        return None
+    return baseline.name
+
+
 def check_servable(model: OptimizedModel, target: TargetStatus, gpu: str | None) -> Served:
     where = f"target {target.name}"
     if target.state is not State.OK:
         raise KilnInputError(where, f"was not built ({target.state.value}: {target.reason})")
-    if target.selected is None:
+    chosen = target.selected or kept_baseline(target)
+    if chosen is None:
         raise KilnInputError(where, f"has no selected candidate: {target.selection_reason}")
-    candidate = target.candidate(target.selected)
+    candidate = target.candidate(chosen)
     if candidate is None or candidate.state is not State.OK:
-        raise KilnInputError(where, f"selected candidate {target.selected!r} is not built")
+        raise KilnInputError(where, f"selected candidate {chosen!r} is not built")
     if candidate.accuracy is None or not candidate.accuracy.passed:
         raise KilnInputError(
             f"{where}/{candidate.name}",

@@ -165,11 +165,13 @@ def decode(
         problem = spec.mismatch(shape)  # rank, fixed dimensions, each dynamic axis's range
         if problem is not None:
             raise BadRequestError(f"input {spec.name!r}: {problem}")
-        if batch is not None and shape[0] != batch:
+        size = spec.batch_of(shape)  # None: an input with no batch axis
+        if batch is not None and size is not None and size != batch:
             raise BadRequestError(
-                f"input {spec.name!r}: batch {shape[0]} differs from the other inputs' {batch}"
+                f"input {spec.name!r}: batch {size} differs from the other inputs' {batch} "
+                f"(its batch axis is axis {spec.batch_axis})"
             )
-        batch = shape[0]
+        batch = size if size is not None else batch
         data = (raw or {}).get(spec.name)
         if data is not None:
             feeds[spec.name] = _from_bytes(spec.name, data, want_type, shape)
@@ -234,7 +236,7 @@ def encode_binary(name: str, array: Array) -> tuple[ResponseTensor, memoryview]:
     """The tensor's header and a view of its bytes (no copy: the response body joins the
     header and the views in one copy)."""
     datatype = datatype_of(array)
-    data = np.ascontiguousarray(array, dtype=_NUMPY[datatype]).data.cast("B")
+    data = np.asarray(array, dtype=_NUMPY[datatype], order="C").data.cast("B")
     tensor = ResponseTensor(
         name=name,
         shape=list(array.shape),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.api.spec import TensorSpec
+from kiln.api.spec import TensorSpec, batch_size_of
 from kiln.runtime.base import Array, Feeds
 from kiln.serve.batching import Batcher
 from kiln.serve.metrics import Metrics
@@ -21,6 +21,9 @@ class ModelInfo:
     max_batch: int
     # name, datatype and shape of each output, as the engine answered its warm-up
     output_meta: list[dict[str, Any]] | None = None
+    # Several requests may run as one batch (every input batched on axis 0: the spec's
+    # `merges_requests`); otherwise each request runs on its own.
+    merges: bool = True
 
     def outputs_metadata(self) -> list[dict[str, Any]]:
         return self.output_meta or [
@@ -38,7 +41,8 @@ async def run_engine(
     """The `wanted` outputs, in that order, from one trip through the batcher."""
     metrics.queue_depth.inc()
     try:
-        outputs = await batcher.submit(feeds)
+        size = batch_size_of(info.inputs, {n: a.shape for n, a in feeds.items()})
+        outputs = await batcher.submit(feeds, size)
     except Exception as exc:
         raise EngineFailedError(f"inference failed: {type(exc).__name__}: {exc}") from exc
     finally:

@@ -12,7 +12,14 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from kiln.api.base import KilnModel
 
@@ -137,7 +144,7 @@ BATCH_DIM = "batch"
 
 
 class DynamicAxis(KilnModel):
-    """An axis beyond the batch axis whose length varies per request (a sequence, say)."""
+    """An axis other than the batch axis whose length varies per request (a sequence, say)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -151,7 +158,7 @@ class DynamicAxis(KilnModel):
         }
     )
 
-    axis: Annotated[int, Field(ge=1, le=15, description="the axis; 0 is the batch axis")]
+    axis: Annotated[int, Field(ge=0, le=15, description="the axis; not the batch axis")]
     name: Annotated[str, Field(max_length=63)] | None = Field(
         default=None,
         description="axes with the same name always have the same length (the sequence that "
@@ -196,9 +203,9 @@ class DynamicAxis(KilnModel):
 
 
 class TensorSpec(KilnModel):
-    # The same rules as the validators below, as CEL, so `kubectl apply` rejects them too.
-    # With each entry's axis on a distinct -1 beyond axis 0, equal counts mean every such -1
-    # has its range.
+    # Some of the rules below, as CEL, so `kubectl apply` rejects them too. CEL treats a null
+    # field as absent, so it cannot tell `batchAxis: null` (no batch axis) from an omitted one
+    # (axis 0): the rule that every other -1 has a range is checked when the spec loads.
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -208,13 +215,18 @@ class TensorSpec(KilnModel):
                     "fieldPath": ".shape",
                 },
                 {
-                    "rule": "(has(self.dynamic) ? self.dynamic.size() : 0) == "
-                    "self.shape.filter(d, d == -1).size() - (self.shape[0] == -1 ? 1 : 0) && "
-                    "(!has(self.dynamic) || self.dynamic.all(a, a.axis < self.shape.size() && "
-                    "self.shape[a.axis] == -1 && self.dynamic.exists_one(b, b.axis == a.axis)))",
-                    "message": "every -1 beyond axis 0 needs exactly one dynamic entry with its "
-                    "axis, and every dynamic entry an axis that is -1 in shape",
+                    "rule": "(has(self.dynamic) ? self.dynamic.size() : 0) >= "
+                    "self.shape.filter(d, d == -1).size() - 1 && (!has(self.dynamic) || "
+                    "self.dynamic.all(a, a.axis < self.shape.size() && self.shape[a.axis] == -1 "
+                    "&& self.dynamic.exists_one(b, b.axis == a.axis)))",
+                    "message": "every -1 but the batch axis needs a dynamic entry with its axis, "
+                    "and every dynamic entry an axis that is -1 in shape, once",
                     "fieldPath": ".dynamic",
+                },
+                {
+                    "rule": "!has(self.batchAxis) || self.batchAxis < self.shape.size()",
+                    "message": "batchAxis must be an axis of shape",
+                    "fieldPath": ".batchAxis",
                 },
             ]
         }
@@ -224,15 +236,22 @@ class TensorSpec(KilnModel):
     shape: Annotated[
         list[int],
         Field(
-            min_length=1,
             max_length=16,
-            description="-1 on axis 0 marks the dynamic batch axis; -1 on another axis marks a "
-            "dynamic axis, whose range `dynamic` gives",
+            description="-1 on the batch axis marks a dynamic batch; -1 on another axis marks a "
+            "dynamic axis, whose range `dynamic` gives; [] is a scalar",
         ),
     ]
     dtype: DType = DType.FLOAT32
+    # None is meaningful (no batch axis), so an omitted field is filled in `_default_batch_axis`
+    # rather than by a schema default the API server would also apply to a scalar.
+    batch_axis: Annotated[int, Field(ge=0, le=15)] | None = Field(
+        default=None,
+        description="the axis requests are batched along: 0 unless given (a recurrent state "
+        "[2, B, 128] has it at 1); null for an input with no batch axis (a sample rate, a "
+        "fully fixed model's input); a scalar (shape []) has none",
+    )
     dynamic: Annotated[list[DynamicAxis], Field(max_length=15)] | None = Field(
-        default=None, description="the range of each -1 beyond axis 0"
+        default=None, description="the range of each -1 other than the batch axis"
     )
     value_range: Annotated[list[int], Field(min_length=2, max_length=2)] | None = Field(
         default=None,
@@ -241,6 +260,28 @@ class TensorSpec(KilnModel):
         "[0, 1]): what checks and exports feed where no calibration or validation set gives "
         "real samples",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_batch_axis(cls, data: Any) -> Any:
+        """An omitted batchAxis is 0, or none for a scalar; an explicit null stays none."""
+        if isinstance(data, dict) and "batchAxis" not in data and "batch_axis" not in data:
+            shape = data.get("shape")
+            data = {**data, "batchAxis": 0 if shape != [] else None}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _wire_batch_axis(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """The batch axis in the wire form only where it is not the default, so a spec that
+        does not use it keeps its form (and its cache keys), and an explicit null, which
+        `exclude_none` would drop and the default would turn into axis 0, survives."""
+        out = handler(self)
+        if isinstance(out, dict):
+            key = next((k for k in ("batchAxis", "batch_axis") if k in out), "batchAxis")
+            out.pop(key, None)
+            if self.batch_axis != (0 if self.shape else None):
+                out[key] = self.batch_axis
+        return out
 
     @field_validator("name")
     @classmethod
@@ -261,11 +302,21 @@ class TensorSpec(KilnModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> Self:
+        batch = self.batch_axis
+        if batch is not None and batch >= len(self.shape):
+            raise ValueError(
+                f"batchAxis: {batch} is not an axis of shape {self.shape}"
+                + ("; a scalar has no batch axis: batchAxis: null" if not self.shape else "")
+            )
         given: dict[int, int] = {}
         for k, entry in enumerate(self.dynamic or []):
             if entry.axis >= len(self.shape) or self.shape[entry.axis] != -1:
                 raise ValueError(
                     f"dynamic[{k}].axis: {entry.axis} is not a -1 axis of shape {self.shape}"
+                )
+            if entry.axis == batch:
+                raise ValueError(
+                    f"dynamic[{k}].axis: {entry.axis} is the batch axis, whose range is batchSizes"
                 )
             if entry.axis in given:
                 raise ValueError(f"dynamic[{k}].axis: axis {entry.axis} is listed twice")
@@ -276,21 +327,34 @@ class TensorSpec(KilnModel):
                 raise ValueError(f"range: only for integer and bool inputs, not {self.dtype}")
             if low > high:
                 raise ValueError(f"range: [{low}, {high}] is empty; expected [low, high]")
-        for axis, dim in enumerate(self.shape[1:], start=1):
-            if dim == -1 and axis not in given:
+        for axis, dim in enumerate(self.shape):
+            if dim == -1 and axis != batch and axis not in given:
                 raise ValueError(
                     f"shape: axis {axis} is -1 but has no range; add "
-                    f"dynamic: [{{axis: {axis}, min: …, max: …}}] (only axis 0, the batch "
-                    "axis, needs none)"
+                    f"dynamic: [{{axis: {axis}, min: …, max: …}}], or batchAxis: {axis} if it "
+                    "is the batch axis "
+                    + (
+                        "(this input has none: batchAxis is null)"
+                        if batch is None
+                        else f"(only the batch axis, axis {batch}, needs no range)"
+                    )
                 )
         return self
 
     @property
     def dynamic_batch(self) -> bool:
-        return self.shape[0] == -1
+        """It has a batch axis, and that axis takes any batch size."""
+        return self.batch_axis is not None and self.shape[self.batch_axis] == -1
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The one batch size a fixed batch axis allows; None if dynamic or absent."""
+        if self.batch_axis is None or self.dynamic_batch:
+            return None
+        return self.shape[self.batch_axis]
 
     def axes(self) -> dict[int, tuple[str, DynamicAxis]]:
-        """Each dynamic axis beyond the batch axis: its dimension's name and range. An
+        """Each dynamic axis other than the batch axis: its dimension's name and range. An
         unnamed axis is `<input>_<axis>`, made an identifier (torch.export's Dim needs one:
         ONNX-style input names such as `input.1` are not)."""
         own = re.sub(r"\W", "_", self.name)
@@ -301,18 +365,24 @@ class TensorSpec(KilnModel):
     ) -> tuple[int, ...]:
         """The shape at `batch`, each dynamic axis at its length in `lengths`, else its opt."""
         axes = self.axes()
-        shape = [batch if self.dynamic_batch else self.shape[0]]
-        for axis, dim in enumerate(self.shape[1:], start=1):
-            if axis in axes:
+        shape: list[int] = []
+        for axis, dim in enumerate(self.shape):
+            if axis == self.batch_axis and dim == -1:
+                dim = batch
+            elif axis in axes:
                 name, entry = axes[axis]
                 dim = (lengths or {}).get(name, entry.optimal)
             shape.append(dim)
         return tuple(shape)
 
+    def batch_of(self, shape: Sequence[int]) -> int | None:
+        """The batch size an actual shape holds, None for an input with no batch axis."""
+        return None if self.batch_axis is None else int(shape[self.batch_axis])
+
     def mismatch(self, shape: Sequence[int]) -> str | None:
         """Why an actual shape (batch axis included) does not fit this input, or None."""
         wanted = self.wanted()
-        if len(shape) != len(self.shape) or shape[0] < 1:
+        if len(shape) != len(self.shape) or any(d < 1 for d in shape):
             return f"shape {list(shape)}, expected {wanted}"
         axes = self.axes()
         for axis, (have, dim) in enumerate(zip(shape, self.shape, strict=True)):
@@ -329,9 +399,12 @@ class TensorSpec(KilnModel):
     def wanted(self) -> list[int | str]:
         """The shape as an error message shows it: N for the batch, min..max for a range."""
         axes = self.axes()
-        out: list[int | str] = ["N" if self.dynamic_batch else self.shape[0]]
-        for axis, dim in enumerate(self.shape[1:], start=1):
-            out.append(f"{axes[axis][1].min}..{axes[axis][1].max}" if axis in axes else dim)
+        out: list[int | str] = []
+        for axis, dim in enumerate(self.shape):
+            if axis == self.batch_axis and dim == -1:
+                out.append("N")
+            else:
+                out.append(f"{axes[axis][1].min}..{axes[axis][1].max}" if axis in axes else dim)
         return out
 
 
@@ -654,11 +727,18 @@ class OptimizedModelSpec(KilnModel):
                     "must say which one it is"
                 )
         for i, tensor in enumerate(self.inputs):
-            if not tensor.dynamic_batch and self.batch_sizes != [tensor.shape[0]]:
+            fixed = tensor.fixed_batch
+            if fixed is not None and self.batch_sizes != [fixed]:
                 raise ValueError(
-                    f"inputs[{i}].shape: axis 0 is fixed at {tensor.shape[0]} but batchSizes is "
-                    f"{self.batch_sizes}; use -1 for a dynamic batch axis"
+                    f"inputs[{i}].shape: axis {tensor.batch_axis} is fixed at {fixed} (the "
+                    f"batch axis) but batchSizes is {self.batch_sizes}; use -1 for a dynamic "
+                    "batch axis, or batchAxis: the axis that is the batch (null: none)"
                 )
+        if not self.batched_inputs() and self.batch_sizes != [1]:
+            raise ValueError(
+                f"batchSizes: {self.batch_sizes}, but no input has a batch axis (each has "
+                "batchAxis: null or is a scalar); the model runs at its one shape: batchSizes: [1]"
+            )
         dims = self.dims()
         for i, shape in enumerate(self.benchmark.shapes or []):
             problem = _shape_problem(shape, dims)
@@ -680,11 +760,23 @@ class OptimizedModelSpec(KilnModel):
             )
         return self
 
+    def batched_inputs(self) -> list[TensorSpec]:
+        """The inputs that have a batch axis (the others are the same for the whole batch)."""
+        return [t for t in self.inputs if t.batch_axis is not None]
+
     @property
     def batch_varies(self) -> bool:
-        """Every input takes a batch axis, and some batch size above 1 is asked for: what an
-        engine must keep dynamic (tracing at batch 1 would make the axis a constant)."""
-        return self.batch_sizes[-1] >= 2 and all(t.dynamic_batch for t in self.inputs)
+        """Every input with a batch axis takes any batch size, and some size above 1 is asked
+        for: what an engine must keep dynamic (tracing at batch 1 would make it a constant)."""
+        batched = self.batched_inputs()
+        return self.batch_sizes[-1] >= 2 and bool(batched) and all(t.dynamic_batch for t in batched)
+
+    @property
+    def merges_requests(self) -> bool:
+        """Whether a server may run several requests as one batch: only where every input
+        is batched on axis 0, so requests concatenate and outputs split on axis 0 (an output's
+        batch axis is not declared; with a state batched on axis 1, it need not be 0)."""
+        return self.batch_varies and all(t.batch_axis == 0 for t in self.inputs)
 
     def dims(self) -> dict[str, DynamicAxis]:
         """Every named dynamic axis beyond the batch axis, in the order the inputs list them.
@@ -766,6 +858,15 @@ class OptimizedModel(KilnModel):
         if value != KIND:
             raise ValueError(f"expected {KIND}, got {value!r}")
         return value
+
+
+def batch_size_of(inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]]) -> int:
+    """The batch size actual shapes (by input name) hold: the first batched input's length on
+    its batch axis; 1 where no input has a batch axis (the model runs at its one shape)."""
+    for tensor in inputs:
+        if tensor.batch_axis is not None:
+            return int(shapes[tensor.name][tensor.batch_axis])
+    return 1
 
 
 def length_conflict(
