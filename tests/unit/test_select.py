@@ -205,3 +205,24 @@ def test_aotinductor_ranks_with_the_fp32_engines_and_its_fp16_with_fp16() -> Non
     chosen, why = pick([aoti, half])
     assert chosen == "aotinductor-cpu-fp32"
     assert "within preferSimplerWithin" in why
+
+
+def test_a_median_that_meets_min_speedup_inside_the_noise_is_no_promotion() -> None:
+    # The run that published 34.30x [0.36-259.06] against minSpeedup 1.05.
+    wide = ranked(*FP32, 34.3, (0.36, 259.06))
+    chosen, why = pick([wide], min_speedup=1.05)
+    assert chosen is None
+    assert why.startswith(
+        "not beyond noise: ort-fp32 measured 34.30x [0.36-259.06] against minSpeedup 1.05x, "
+        "but its 95 % interval reaches down to 0.36x; keeping the baseline"
+    )
+    # The same median with a lower bound that meets it promotes.
+    chosen, _ = pick([ranked(*FP32, 34.3, (30.0, 40.0))], min_speedup=1.05)
+    assert chosen == "ort-fp32"
+
+
+def test_a_disturbed_measurement_never_promotes_over_the_baseline_by_itself() -> None:
+    alone = ranked(*FP32, 2.0, (1.9, 2.1), disturbed="CPU pressure 40% of the time")
+    chosen, why = pick([alone])
+    assert chosen is None
+    assert "but measurement disturbed: CPU pressure 40% of the time; keeping the baseline" in why

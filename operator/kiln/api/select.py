@@ -1,7 +1,10 @@
 """Pick the candidate to serve (pure), used by the builder and, on stored results, by the
 operator.
 
-Only verified, servable candidates that beat the minimum speedup over the baseline qualify.
+Only verified, servable candidates that beat the minimum speedup over the baseline beyond the
+noise qualify: the lower bound of the speedup's interval meets `minSpeedup`, on a measurement
+not flagged as disturbed. A median that meets it with an interval that does not is no
+promotion: the target keeps its baseline, and the reason says to measure again.
 Among them the guide Kiln grew from decides: the simplest engine is served unless a more
 complex one pays for its extra accuracy risk and upkeep, that is, is faster by more than
 `selection.preferSimplerWithin` *and* beyond the noise of the measurement."""
@@ -120,7 +123,36 @@ def qualified(
     if selection.objective is Objective.MAX_THROUGHPUT_UNDER_LATENCY:
         budget = selection.latency_budget_ms or 0.0
         fast = [c for c in fast if c.latency_ms is not None and c.latency_ms.p99 <= budget]
+    # One candidate beyond noise is enough to promote: the others can then only displace it
+    # through `challenge`, whose non-overlapping intervals and disturbed flag keep the same
+    # rule (an interval clear of one whose lower bound meets minSpeedup meets it too).
+    if fast and all(noise_problem(c, selection.min_speedup) for c in fast):
+        return [], _why_unsure(fast, selection)
     return fast, "" if fast else _why_none(verified, servable, selection)
+
+
+def noise_problem(c: CandidateStatus, min_speedup: float) -> str | None:
+    """Why `c`'s speedup does not meet `min_speedup` beyond the noise, or None if it does."""
+    if c.disturbed:
+        return f"measurement disturbed: {c.disturbed}"
+    low = _interval(c).low
+    if low < min_speedup:
+        return f"its 95 % interval reaches down to {low:.2f}x"
+    return None
+
+
+def _why_unsure(fast: list[CandidateStatus], selection: Selection) -> str:
+    """The reason for keeping the baseline when candidates meet minSpeedup at their median
+    only: the best of them, its interval, what spoils it, and what to do."""
+    best = max(fast, key=lambda c: c.speedup or 0.0)
+    interval = _interval(best)
+    return (
+        f"not beyond noise: {best.name} measured {best.speedup or 0.0:.2f}x "
+        f"[{interval.low:.2f}-{interval.high:.2f}] against minSpeedup "
+        f"{selection.min_speedup:g}x, but {noise_problem(best, selection.min_speedup)}; "
+        "keeping the baseline until a quieter measurement (kiln optimize --force, or "
+        "benchmark.maxRounds/maxSeconds for more rounds)"
+    )
 
 
 def select(
