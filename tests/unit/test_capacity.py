@@ -45,13 +45,13 @@ def test_money() -> None:
         replicas_needed(10, 0, 0.8)
 
 
-def bench(batch: int, throughput: float, p99: float) -> BatchBenchmark:
+def bench(batch: int, throughput: float, p99: float, speedup: float = 1.0) -> BatchBenchmark:
     return BatchBenchmark(
         batch_size=batch,
         latency_ms=Latency(p50=p99 / 2, p90=p99 * 0.9, p99=p99, mean=p99 / 2),
         throughput=throughput,
-        speedup=1.0,
-        speedup_interval=Interval(low=0.99, high=1.01),
+        speedup=speedup,
+        speedup_interval=Interval(low=speedup * 0.98, high=speedup * 1.02),
         spread_percent=1.0,
         rounds=6,
         iterations=60,
@@ -75,7 +75,7 @@ def candidate(name: str, backend: Backend, throughput: float, p99: float) -> Can
         accuracy=AccuracyResult(
             passed=True, criterion="c", samples=1, max_abs_error=0, relative_error=0
         ),
-        benchmarks=[bench(8, throughput, p99)],
+        benchmarks=[bench(8, throughput, p99, speedup)],
     )
 
 
