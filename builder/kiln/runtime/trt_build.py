@@ -33,7 +33,8 @@ class ShapeProfile:
     @staticmethod
     def parse(text: str) -> ShapeProfile:
         name, _, dims = text.partition("=")
-        parts = [tuple(int(d) for d in p.split("x")) for p in dims.split(":")]
+        # A scalar input's shape is empty: "name=::".
+        parts = [tuple(int(d) for d in p.split("x") if d) for p in dims.split(":")]
         if not name or len(parts) != 3:
             raise ValueError(f"expected NAME=MIN:OPT:MAX with AxBxC shapes, got {text!r}")
         return ShapeProfile(name, parts[0], parts[1], parts[2])
