@@ -4,9 +4,10 @@ from typing import Any
 
 import pytest
 
-from kiln.api.select import Complexity, challenge, complexity, select
+from kiln.api.select import Complexity, challenge, complexity, select, unsure
 from kiln.api.spec import Backend, Objective, Precision, Selection
-from kiln.api.status import AccuracyResult, CandidateStatus, Interval, Latency, State
+from kiln.api.status import AccuracyResult, CandidateStatus, Interval, Latency, State, TargetStatus
+from tests.fixtures.specs import minimal_spec
 
 
 def cand(
@@ -226,3 +227,23 @@ def test_a_disturbed_measurement_never_promotes_over_the_baseline_by_itself() ->
     chosen, why = pick([alone])
     assert chosen is None
     assert "but measurement disturbed: CPU pressure 40% of the time; keeping the baseline" in why
+
+
+def test_only_a_decision_spoilt_by_noise_is_worth_measuring_again() -> None:
+    def target(*candidates: CandidateStatus, min_speedup: float = 1.05) -> bool:
+        result = TargetStatus(
+            name="cpu",
+            device="cpu",
+            state=State.OK,
+            baseline=BASE.name,
+            candidates=[BASE, *candidates],
+        )
+        spec = minimal_spec(selection={"minSpeedup": min_speedup})
+        return unsure(result, spec)
+
+    assert target(ranked(*FP32, 34.3, (0.36, 259.06)))  # meets it at the median only
+    assert target(ranked(*FP32, 2.0, (1.9, 2.1), disturbed="CPU pressure 40% of the time"))
+    assert not target(ranked(*FP32, 34.3, (30.0, 40.0)))  # promoted: nothing to settle
+    assert not target(ranked(*FP32, 0.9, (0.5, 1.3)))  # slower at the median: no promotion anyway
+    failed = ranked(*FP32, 34.3, (0.36, 259.06)).model_copy(update={"state": State.FAILED})
+    assert not target(failed)

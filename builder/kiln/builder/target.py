@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from kiln.api.keys import cache_key
 from kiln.api.layout import MODEL_DOCUMENT, RESULT_FILE
-from kiln.api.select import reselect
+from kiln.api.select import reselect, unsure
 from kiln.api.spec import Backend, OptimizedModelSpec
 from kiln.api.status import AccuracyGate, BatchBenchmark, Environment, TargetStatus, shape_text
 from kiln.builder.aoti import package_key
@@ -99,7 +100,12 @@ def build_target(
     started = time.perf_counter()
     threads = env.cpu_threads or 1
     apply_torch_threads(threads)
-    found = _measure_all(ctx, found, prepared, target, baseline, threads)
+
+    def noisy(found: list[Found]) -> bool:
+        measured = measured_target(target, env, baseline, found, key, result_uri)
+        return unsure(measured, spec)
+
+    found = _measure_all(ctx, found, prepared, target, baseline, threads, noisy)
     measured = measured_target(target, env, baseline, found, key, result_uri).model_copy(
         update={
             "build_seconds": round(time.perf_counter() - started, 3),
@@ -132,14 +138,25 @@ def _measure_all(
     target: TargetPlan,
     baseline: str,
     threads: int,
+    noisy: Callable[[list[Found]], bool],
 ) -> list[Found]:
     """Build, verify and benchmark every candidate that is not skipped; runners are closed
-    whatever happens."""
+    whatever happens. A measurement too noisy to decide on (`noisy`: a candidate meets
+    minSpeedup at its median but not beyond noise) is taken once more, and the second one
+    decides: noise that came and went does not keep the baseline, noise that stays does."""
     runners: dict[str, Runner] = {}
     try:
         found = [_built(ctx, f, prepared, target, threads, runners) for f in found]
         found = _verify(ctx, found, runners, prepared, target)
-        return _benchmark(ctx, found, runners, prepared, target, baseline)
+        measured = _benchmark(ctx, found, runners, prepared, target, baseline)
+        if not noisy(measured):
+            return measured
+        ctx.reporter.log(
+            f"[{target.name}] a candidate meets minSpeedup at its median but not beyond "
+            "noise: measuring again"
+        )
+        # From `measured`: a runner the first measurement dropped keeps its failure.
+        return _benchmark(ctx, measured, runners, prepared, target, baseline)
     finally:
         for runner in runners.values():
             runner.close()

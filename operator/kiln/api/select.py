@@ -114,21 +114,53 @@ def qualified(
     candidates: list[CandidateStatus], baseline: str | None, selection: Selection
 ) -> tuple[list[CandidateStatus], str]:
     """The candidates the selection may choose from, or why there are none."""
-    measured = [c for c in candidates if c.state is State.OK and c.throughput is not None]
-    if not measured:
+    if not any(_measured(c) for c in candidates):
         return [], "no candidate was measured"
-    verified = [c for c in measured if c.accuracy is not None and c.accuracy.passed]
-    servable = [c for c in verified if c.backend in SERVABLE and c.name != baseline]
+    verified, servable = _verified(candidates, baseline)
+    fast = _fast_at_median(servable, selection)
+    # One candidate beyond noise is enough to promote: the others can then only displace it
+    # through `challenge`, whose non-overlapping intervals and disturbed flag keep the same
+    # rule (an interval clear of one whose lower bound meets minSpeedup meets it too).
+    if _only_noise(fast, selection):
+        return [], _why_unsure(fast, selection)
+    return fast, "" if fast else _why_none(verified, servable, selection)
+
+
+def _measured(c: CandidateStatus) -> bool:
+    return c.state is State.OK and c.throughput is not None
+
+
+def _verified(
+    candidates: list[CandidateStatus], baseline: str | None
+) -> tuple[list[CandidateStatus], list[CandidateStatus]]:
+    """The measured candidates that passed their gates, and those of them a server can run
+    in the baseline's place."""
+    verified = [c for c in candidates if _measured(c) and c.accuracy and c.accuracy.passed]
+    return verified, [c for c in verified if c.backend in SERVABLE and c.name != baseline]
+
+
+def _fast_at_median(servable: list[CandidateStatus], selection: Selection) -> list[CandidateStatus]:
     fast = [c for c in servable if (c.speedup or 0.0) >= selection.min_speedup]
     if selection.objective is Objective.MAX_THROUGHPUT_UNDER_LATENCY:
         budget = selection.latency_budget_ms or 0.0
         fast = [c for c in fast if c.latency_ms is not None and c.latency_ms.p99 <= budget]
-    # One candidate beyond noise is enough to promote: the others can then only displace it
-    # through `challenge`, whose non-overlapping intervals and disturbed flag keep the same
-    # rule (an interval clear of one whose lower bound meets minSpeedup meets it too).
-    if fast and all(noise_problem(c, selection.min_speedup) for c in fast):
-        return [], _why_unsure(fast, selection)
-    return fast, "" if fast else _why_none(verified, servable, selection)
+    return fast
+
+
+def _only_noise(fast: list[CandidateStatus], selection: Selection) -> bool:
+    return bool(fast) and all(noise_problem(c, selection.min_speedup) for c in fast)
+
+
+def unsure(result: TargetStatus, spec: OptimizedModelSpec) -> bool:
+    """Whether the decision keeps the baseline only because the measurement is too noisy to
+    promote (a candidate meets minSpeedup at its median, none beyond noise): what measuring
+    again may settle, and nothing else would."""
+    if result.state is not State.OK:
+        return False
+    batch = spec.decision_batch_size()
+    candidates = [at_decision_batch(c, batch) for c in result.candidates]
+    _, servable = _verified(candidates, result.baseline)
+    return _only_noise(_fast_at_median(servable, spec.selection), spec.selection)
 
 
 def noise_problem(c: CandidateStatus, min_speedup: float) -> str | None:
