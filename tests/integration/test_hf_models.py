@@ -196,3 +196,50 @@ def test_a_bert_program_loads_with_its_imports_and_says_which_it_lacks(tmp_path:
     assert done.returncode == 0, done.stdout + done.stderr
     candidates = {c["name"]: c for c in cpu_target(tmp_path / "out")["candidates"]}
     assert candidates["aotinductor-cpu-fp32"]["state"] == "OK", candidates
+
+
+T5_FACTORY = textwrap.dedent(
+    """
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+
+    def build():
+        torch.manual_seed(0)
+        config = T5Config(vocab_size=100, d_model=32, d_kv=16, d_ff=37, num_layers=2, num_heads=2)
+        return T5EncoderModel(config).eval()
+    """
+)
+
+
+def test_a_t5_encoder_the_dynamo_exporter_refuses_is_traced_and_keeps_its_dropout_off(
+    tmp_path: Path,
+) -> None:
+    """T5's attention views a transposed tensor, which the dynamo exporter's symbolic shapes
+    refuse: the TorchScript-based exporter traces it instead. That exporter restores the mode
+    it found on the module it exports; the module must be found in eval mode, or every
+    dropout of the model is on for the engines measured after it (the baseline's answers
+    then differ from the reference's, and AOTInductor compiles the dropout in)."""
+    write_example(tmp_path)  # BERT's, for its shards: input_ids and attention_mask are used
+    (tmp_path / "t5_models.py").write_text(T5_FACTORY)
+    namespace: dict[str, Any] = {}
+    exec(compile(T5_FACTORY, "t5_models.py", "exec"), namespace)
+    torch.save(namespace["build"]().state_dict(), tmp_path / "t5.pt")
+    spec = write_spec(
+        tmp_path,
+        source={"uri": "t5.pt", "factory": "t5_models:build"},
+        inputs=[text_input("input_ids"), text_input("attention_mask")],
+        outputs=["last_hidden_state"],
+        backends=["pytorch", "onnxruntime", "aotinductor"],
+        precisions=["fp32"],
+        accuracy={"samples": 4, "uri": "calibration"},
+    )
+    out = tmp_path / "out"
+    command = [KILN, "optimize", str(spec), "-o", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "exported with the TorchScript-based exporter" in " ".join(done.stderr.split())
+    candidates = {c["name"]: c for c in cpu_target(out)["candidates"]}
+    for name in ("pytorch-cpu-fp32", "onnxruntime-cpu-fp32", "aotinductor-cpu-fp32"):
+        assert candidates[name]["state"] == "OK", candidates[name]
+        assert candidates[name]["accuracy"]["passed"] is True, candidates[name]["accuracy"]

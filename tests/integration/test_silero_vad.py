@@ -126,3 +126,26 @@ def test_the_shipped_onnx_file_serves_a_stream_with_its_state_as_the_package_doe
     assert status["phase"] == "NoImprovement"
     assert cpu_target(out).get("selected") is None
     assert metadata["platform"] == "onnxruntime-cpu-fp32"
+
+
+def test_the_shipped_torchscript_archive_takes_its_rate_as_a_constant_and_is_refused_for_its_state(
+    tmp_path: Path,
+) -> None:
+    """The package's `.jit` is `forward(x, sr: int)` and keeps its recurrent state and audio
+    context inside the module: the sample rate binds as a constant, and the check stage says
+    why the archive cannot be served (the ONNX file above is the form to serve)."""
+    archive = Path(str(resources.files("silero_vad.data").joinpath("silero_vad.jit")))
+    document = yaml.safe_load(write_spec(tmp_path).read_text())
+    document["spec"] |= {
+        "source": {"uri": str(archive)},
+        "inputs": [{"name": "x", "shape": [-1, CHUNK]}],
+        "constants": [{"name": "sr", "value": 16000}],
+        "outputs": ["probability"],
+        "backends": ["pytorch", "onnxruntime"],
+    }
+    spec = tmp_path / "jit.yaml"
+    spec.write_text(yaml.safe_dump(document))
+    refused = kiln_optimize(spec, tmp_path / "out")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert "spec.source: the model answered the same input differently on a second call" in said

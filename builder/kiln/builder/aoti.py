@@ -27,7 +27,7 @@ from kiln.builder.context import BuildContext
 from kiln.builder.export import export_dims
 from kiln.builder.feeds import trace_lengths
 from kiln.builder.prepare import ModelArtifact, Prepared
-from kiln.builder.torch_source import TorchModel
+from kiln.builder.torch_source import SpecOrder, TorchModel
 from kiln.runtime.aoti_build import INDUCTOR_CONFIGS
 from kiln.runtime.binding import Call
 from kiln.runtime.cpu_isa import build_isa
@@ -144,21 +144,6 @@ def _program(spec: OptimizedModelSpec, plan: CandidatePlan, prepared: Prepared, 
     return out
 
 
-class SpecOrder(torch.nn.Module):
-    """Takes the spec's inputs by position, in the spec's order, and calls `module` as `call`
-    binds them (by name where the forward has names): the calling convention of every package,
-    whatever order the forward declares its arguments in."""
-
-    def __init__(self, module: Any, call: Call, names: list[str]) -> None:
-        super().__init__()
-        self.module = module
-        self.call = call
-        self.names = tuple(names)
-
-    def forward(self, *args: torch.Tensor) -> Any:
-        return self.call.apply(self.module, dict(zip(self.names, args, strict=True)))
-
-
 class HalfPrecision(torch.nn.Module):
     """Runs `module` in FP16 behind the spec's dtypes: floating inputs are cast to half on the
     way in, outputs to float32 on the way out, so an FP16 package serves the same contract."""
@@ -187,7 +172,8 @@ def export_program(
     by_name = export_dims(spec, batch_max=largest if dynamic else None)
     # One entry, for SpecOrder's *args: a tuple with each input's shape.
     shapes = (tuple(by_name[n] or None for n in names),)
-    program: torch.nn.Module = SpecOrder(copy.deepcopy(model.module).to(device), model.call, names)
+    call = model.call.converted(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v)
+    program: torch.nn.Module = SpecOrder(copy.deepcopy(model.module).to(device), call, names)
     if precision is Precision.FP16:
         program = HalfPrecision(program)
     try:

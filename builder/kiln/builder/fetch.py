@@ -13,7 +13,9 @@ from kiln.storage.artifacts import file_digest
 class FetchedSource:
     uri: str
     path: Path
-    digest: str  # of the file's bytes, plus the factory name for factory sources
+    # of the file's bytes, plus the factory name for factory sources and the constants the
+    # model is called with: every artifact built from the source depends on them
+    digest: str
 
 
 def fetch_source(ctx: BuildContext) -> FetchedSource:
@@ -24,4 +26,6 @@ def fetch_source(ctx: BuildContext) -> FetchedSource:
     digest = file_digest(path)
     if source.factory:
         digest = f"{digest}+{source.factory}"
+    if ctx.spec.constants:
+        digest = f"{digest}+" + ",".join(c.text() for c in ctx.spec.constants)
     return FetchedSource(loc.uri, path, digest)

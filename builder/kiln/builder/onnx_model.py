@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from kiln.api.errors import KilnInputError
-from kiln.api.spec import DType, OptimizedModelSpec
+from kiln.api.spec import Constant, DType, OptimizedModelSpec
 
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: DType.FLOAT32,
@@ -76,3 +79,42 @@ def check_onnx_signature(model: onnx.ModelProto, spec: OptimizedModelSpec) -> No
                 f"spec.outputs[{index}]",
                 f"{name!r} is not an output of the model; it has {outputs}",
             )
+
+
+def constant_initializer(graph_input: onnx.ValueInfoProto, value: Any) -> onnx.TensorProto:
+    """An initializer that stands for `graph_input` with `value`: the input's element type,
+    and its rank (every axis of length 1), so the graph computes what it computed when fed."""
+    ttype = graph_input.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)
+    raw = value.numpy() if hasattr(value, "numpy") else value
+    array = np.full([1] * len(ttype.shape.dim), raw, dtype=dtype)
+    return numpy_helper.from_array(array, graph_input.name)
+
+
+def fold_source_constants(model: onnx.ModelProto, constants: list[Constant]) -> onnx.ModelProto:
+    """An ONNX source with the spec's constants folded in: each names a graph input, which
+    becomes an initializer of its value (ONNX Runtime then folds what depends on it)."""
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = {i.name: i for i in graph.input if i.name not in initializers}
+    for index, constant in enumerate(constants):
+        value_info = inputs.get(constant.name)
+        if value_info is None:
+            raise KilnInputError(
+                f"spec.constants[{index}].name",
+                f"{constant.name!r} is not an input of the model; its inputs are {sorted(inputs)}",
+            )
+        if any(
+            d.HasField("dim_value") and d.dim_value != 1
+            for d in value_info.type.tensor_type.shape.dim
+        ):
+            raise KilnInputError(
+                f"spec.constants[{index}].name",
+                f"{constant.name!r} is not a scalar in the model; a constant is one value",
+            )
+        graph.initializer.append(constant_initializer(value_info, constant.value))
+    fixed = {c.name for c in constants}
+    kept = [i for i in graph.input if i.name not in fixed]
+    del graph.input[:]
+    graph.input.extend(kept)
+    return model

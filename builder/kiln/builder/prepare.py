@@ -8,10 +8,11 @@ bad input fails in seconds, before any export runs."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnxruntime
 
 from kiln.api.errors import KilnError
@@ -25,7 +26,7 @@ from kiln.builder.feeds import fit_lengths
 from kiln.builder.fetch import FetchedSource, fetch_source
 from kiln.builder.fp16 import convert_fp16
 from kiln.builder.gate_samples import GateSet, Split, gate_set, plan
-from kiln.builder.onnx_model import check_onnx_signature, load_onnx
+from kiln.builder.onnx_model import check_onnx_signature, fold_source_constants, load_onnx
 from kiln.builder.quantize import ACTIVATION_BUDGET, quantize_qdq
 from kiln.builder.stages import StageFailedError, StageResult, timed
 from kiln.builder.torch_source import TorchModel, check_torch_signature, load_torch_module
@@ -114,6 +115,7 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
     model: TorchModel | None = None
     with ctx.reporter.step("load and check the model"), timed(StageResult("check")) as st:
         if onnx_source:
+            source = _with_constants(ctx, source)
             check_onnx_signature(load_onnx(source.path, "spec.source.uri"), spec)
         else:
             module = load_torch_module(spec, source.path, ctx.base_dir)
@@ -132,7 +134,10 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
             if model is None:  # an ONNX source is used as it is
                 out.write_bytes(source.path.read_bytes())
                 return
-            export_onnx(model, spec, out)
+            note = export_onnx(model, spec, out)
+            if note is not None:
+                st.detail["exporter"] = note
+                ctx.reporter.log(f"export: {note}")
             check_onnx_signature(load_onnx(out, "exported model"), spec)
             _check_parity(ctx, out, samples, references, st)
 
@@ -149,6 +154,18 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
     if want_fp16:
         _fp16(ctx, prepared)
     return prepared
+
+
+def _with_constants(ctx: BuildContext, source: FetchedSource) -> FetchedSource:
+    """An ONNX source with the spec's constants folded in (a copy in the work folder), or
+    the source itself when there are none: what every stage then treats as the source."""
+    if not ctx.spec.constants:
+        return source
+    model = fold_source_constants(load_onnx(source.path, "spec.source.uri"), ctx.spec.constants)
+    out = ctx.work_dir / "source" / source.path.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return replace(source, path=out)
 
 
 def _references(

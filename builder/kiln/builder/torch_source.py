@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,9 @@ from typing import Any
 import torch
 
 from kiln.api.errors import KilnInputError
-from kiln.api.spec import OptimizedModelSpec, SourceFormat
+from kiln.api.spec import Constant, DType, OptimizedModelSpec, SourceFormat
 from kiln.builder.feeds import example_feeds
-from kiln.builder.outputs import SpecOutputs, as_is, bind_outputs, leaves
+from kiln.builder.outputs import OutputPath, SpecOutputs, as_is, bind_outputs, leaves, pick
 from kiln.runtime.base import Feeds
 from kiln.runtime.binding import Argument, Call, call_for
 from kiln.runtime.errors import load_exported
@@ -136,6 +137,25 @@ class TorchModel:
         return example_feeds(spec.inputs, self.examples, batch, seed, lengths)
 
 
+class SpecOrder(torch.nn.Module):
+    """Takes the spec's inputs by position, in the spec's order, and calls `module` as `call`
+    binds them (by name where the forward has names): the calling convention of every package,
+    whatever order the forward declares its arguments in."""
+
+    def __init__(self, module: Any, call: Call, names: list[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.call = call
+        self.names = tuple(names)
+        # Only ever run for inference. An exporter that puts the module in eval mode puts it
+        # back in the mode it found after (`train(self.training)`, which recurses): left at
+        # nn.Module's default, True, that would switch on every dropout of the model.
+        self.training = False
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return self.call.apply(self.module, dict(zip(self.names, args, strict=True)))
+
+
 def forward_arguments(module: Any) -> list[Argument] | None:
     """The forward's arguments (torch.export programs and factory modules keep their names),
     or None where it takes only *args."""
@@ -231,16 +251,123 @@ def _argument_text(argument: Any) -> str:
 
 
 def bind_inputs(module: Any, spec: OptimizedModelSpec) -> Call:
-    """How `module` is called with the spec's inputs; names that cannot bind are refused."""
+    """How `module` is called with the spec's inputs and constants; names that cannot bind
+    are refused."""
     # TorchScript archives are bound by position (a traced archive's names are the tracer's).
     scripted = spec.source.resolved_format() is SourceFormat.TORCHSCRIPT
     forward = None if scripted else forward_arguments(module)
     names = [t.name for t in spec.inputs]
+    if scripted and spec.constants:
+        names = _scripted_order(module, spec)
     problem = scripted_problem(module, len(names)) if scripted else None
-    problem = problem or binding_problem(forward, names)
+    problem = problem or binding_problem(forward, names + _constant_names(spec, scripted))
     if problem is not None:
         raise KilnInputError(*problem)
-    return call_for(forward, names)
+    if forward is None and not scripted and spec.constants:
+        raise KilnInputError(
+            "spec.constants", "the forward takes only *args; a constant binds by argument name"
+        )
+    kinds = _declared_kinds(module, scripted)
+    constants = [
+        (c.name, constant_value(c, kinds.get(c.name, ""), f"spec.constants[{i}]"))
+        for i, c in enumerate(spec.constants)
+    ]
+    if scripted:
+        return call_for(None, names, constants)
+    return call_for(forward, names + [c.name for c in spec.constants], constants)
+
+
+def _constant_names(spec: OptimizedModelSpec, scripted: bool) -> list[str]:
+    # A scripted archive's constants are already in its positional order.
+    return [] if scripted else [c.name for c in spec.constants]
+
+
+def _scripted_order(module: Any, spec: OptimizedModelSpec) -> list[str]:
+    """A TorchScript forward's arguments by position: each constant at its own argument
+    (a scripted forward keeps its argument names), the inputs in the spec's order in the
+    others."""
+    declared = _schema_arguments(module)
+    fixed = {c.name for c in spec.constants}
+    for i, constant in enumerate(spec.constants):
+        if constant.name not in {a.name for a in declared}:
+            takes = ", ".join(_argument_text(a) for a in declared)
+            raise KilnInputError(
+                f"spec.constants[{i}].name",
+                f"{constant.name!r} is not an argument of the TorchScript forward ({takes})",
+            )
+    inputs = iter(t.name for t in spec.inputs)
+    order: list[str] = []
+    for argument in declared:
+        name = argument.name if argument.name in fixed else next(inputs, None)
+        if name is None:
+            break
+        order.append(name)
+    order.extend(inputs)  # more inputs than arguments: scripted_problem says so
+    unplaced = sorted(fixed - set(order))
+    if unplaced:
+        raise KilnInputError(
+            "spec.constants",
+            f"{unplaced} cannot be passed: an argument before it has no input (TorchScript "
+            "archives take their arguments by position)",
+        )
+    return order
+
+
+def _schema_arguments(module: Any) -> list[Any]:
+    schema = getattr(getattr(module, "forward", None), "schema", None)
+    return [] if schema is None else list(schema.arguments)[1:]  # without self
+
+
+_KINDS = {int: "int", float: "float", bool: "bool", torch.Tensor: "Tensor"}
+
+
+def _declared_kinds(module: Any, scripted: bool) -> dict[str, str]:
+    """Each argument's declared type, as `int`, `float`, `bool`, `Tensor`, another type's
+    name, or absent where the forward declares none."""
+    if scripted:
+        return {a.name: str(a.type).rstrip("?") for a in _schema_arguments(module)}
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    kinds: dict[str, str] = {}
+    for name, parameter in parameters.items():
+        annotation = parameter.annotation
+        if isinstance(annotation, str):  # `from __future__ import annotations`
+            kinds[name] = annotation.rpartition(".")[2]
+        elif annotation is not parameter.empty:
+            kinds[name] = _KINDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    return kinds
+
+
+_TORCH_DTYPES = {
+    DType.FLOAT32: torch.float32,
+    DType.FLOAT16: torch.float16,
+    DType.INT64: torch.int64,
+    DType.INT32: torch.int32,
+    DType.UINT8: torch.uint8,
+    DType.BOOL: torch.bool,
+}
+
+
+def constant_value(constant: Constant, kind: str, where: str) -> Any:
+    """The constant as the forward declares its argument: a Python number for `int`,
+    `float`, `bool` (and for an undeclared one without a dtype), a 0-d tensor for `Tensor`
+    (or where the spec gives a dtype)."""
+    try:
+        if kind in ("int", "float", "bool"):
+            return constant.python_value(kind)
+        if kind in ("Tensor", "") and (kind == "Tensor" or constant.dtype is not None):
+            dtype = constant.dtype or (DType.INT64 if constant.integral else DType.FLOAT32)
+            return torch.tensor(constant.value, dtype=_TORCH_DTYPES[dtype])
+        if kind == "":
+            return constant.python_value("int" if constant.integral else "float")
+    except ValueError as exc:
+        raise KilnInputError(f"{where}.value", str(exc)) from None
+    raise KilnInputError(
+        f"{where}.name",
+        f"the forward's {constant.name!r} is {kind}; a constant is a number, a bool or a tensor",
+    )
 
 
 def check_torch_signature(
@@ -255,6 +382,9 @@ def check_torch_signature(
     raw = TorchModel(module, call, examples=given)
     result = _forward(raw, spec, spec.batch_sizes[0], {}, "spec.inputs")
     paths = bind_outputs(result, spec.outputs)
+    _check_stateless(
+        result, _forward(raw, spec, spec.batch_sizes[0], {}, "spec.inputs"), paths, spec
+    )
     returned = [leaf.path for leaf in leaves(result)]
     selected = SpecOutputs(module, paths, returned)
     model = TorchModel(selected, call, as_is(result, paths), given)
@@ -267,6 +397,28 @@ def check_torch_signature(
             lengths = {n: getattr(d, end) for n, d in dims.items()}
             _forward(model, spec, spec.batch_sizes[0], lengths, field)
     return model
+
+
+def _check_stateless(
+    first: Any, second: Any, paths: Sequence[OutputPath], spec: OptimizedModelSpec
+) -> None:
+    """The same input twice must give the same answer. A module that keeps state between
+    calls (silero-vad's `.jit` holds its recurrent state and audio context inside) answers
+    each call from what came before: no engine can serve it as a function of a request, and
+    every gate would compare it with a moving reference."""
+    for name, path in zip(spec.outputs, paths, strict=True):
+        a, b = pick(first, path), pick(second, path)
+        tolerance = spec.accuracy.per_output.get(name, spec.accuracy)
+        if a.shape != b.shape or not torch.allclose(
+            a.float(), b.float(), rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True
+        ):
+            raise KilnInputError(
+                "spec.source",
+                f"the model answered the same input differently on a second call (output "
+                f"{name!r} changed): it keeps state between calls inside the module, which "
+                "no engine can serve as a function of each request; use a form of the model "
+                "that takes its state as an input and returns it as an output",
+            )
 
 
 def _range_field(spec: OptimizedModelSpec) -> str:

@@ -479,6 +479,7 @@ def serve(
         max_batch=max(spec.batch_sizes),
         output_meta=output_metadata(spec.outputs, at_one, at_two),
         merges=spec.merges_requests,
+        constants={c.name: c.number for c in spec.constants},
     )
     draining = Draining()
     max_body = int(max_body_mb * (1 << 20))

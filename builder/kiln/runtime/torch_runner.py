@@ -37,7 +37,8 @@ class TorchRunner:
     ) -> None:
         self.name = name
         self.device = device
-        self.call = call
+        # A tensor constant (spec.constants) lives where the module runs, like the inputs.
+        self.call = call.converted(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v)
         self._fn: Callable[..., Any] = torch.compile(module) if compile_model else module
         self._args: tuple[torch.Tensor, ...] = ()
         self._kwargs: dict[str, torch.Tensor] = {}

@@ -138,13 +138,16 @@ def create_app(
     async def model_metadata(name: str) -> Any:
         if (missing := unknown(name)) is not None:
             return missing
-        return {
+        answer: dict[str, Any] = {
             "name": info.name,
             "versions": [info.version],
             "platform": info.platform,
             "inputs": [tensor_metadata(t) for t in info.inputs],
             "outputs": info.outputs_metadata(),
         }
+        if info.constants:  # what the engine is always called with, which no request sends
+            answer["parameters"] = {"constants": info.constants}
+        return answer
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready(name: str) -> Any:

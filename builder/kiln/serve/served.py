@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.api.spec import TensorSpec, batch_size_of
@@ -24,6 +24,8 @@ class ModelInfo:
     # Several requests may run as one batch (every input batched on axis 0: the spec's
     # `merges_requests`); otherwise each request runs on its own.
     merges: bool = True
+    # The spec's constants: arguments built into the engine, which requests do not carry.
+    constants: dict[str, int | float] = field(default_factory=dict)
 
     def outputs_metadata(self) -> list[dict[str, Any]]:
         return self.output_meta or [

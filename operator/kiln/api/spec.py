@@ -658,6 +658,54 @@ class Cost(KilnModel):
     currency: Annotated[str, Field(min_length=1, max_length=8)] = "$"
 
 
+# An argument the model is always called with, never sent with a request: a Python
+# `int`/`float`/`bool` argument of a forward (a sample rate), or an input fixed for this
+# deployment. Engines are built with it folded in; the server's metadata lists it. (A comment,
+# not a docstring: pydantic would put a docstring in the CRD.)
+class Constant(KilnModel):
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    value: float = Field(
+        description="the argument's value: a number (0 or 1 for a bool); its type is the one "
+        "the forward declares (int, float, bool or a tensor)"
+    )
+    dtype: DType | None = Field(
+        default=None,
+        description="for a tensor argument: the 0-d tensor's dtype; default: the forward's own "
+        "declared type (an ONNX graph's input type; int64 or float32 for an undeclared tensor)",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"expected an identifier-like argument name, got {value!r}")
+        return value
+
+    @property
+    def integral(self) -> bool:
+        return float(self.value).is_integer()
+
+    def python_value(self, kind: str) -> int | float | bool:
+        """The value as the forward's declared Python type `kind` (int, float, bool)."""
+        if kind == "float":
+            return float(self.value)
+        if not self.integral:
+            raise ValueError(f"{self.value} is not a whole number, and the argument is {kind}")
+        if kind == "bool":
+            if self.value not in (0, 1):
+                raise ValueError(f"{self.value} is not 0 or 1, and the argument is bool")
+            return bool(self.value)
+        return int(self.value)
+
+    @property
+    def number(self) -> int | float:
+        """The value as it reads: 16000, not 16000.0."""
+        return int(self.value) if self.integral else self.value
+
+    def text(self) -> str:
+        return f"{self.name}={self.number}"
+
+
 class OptimizedModelSpec(KilnModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -674,6 +722,11 @@ class OptimizedModelSpec(KilnModel):
 
     source: Source
     inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=64)]
+    constants: Annotated[list[Constant], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="arguments the model is always called with and requests never carry "
+        "(a forward's `sr: int`): folded into every engine",
+    )
     outputs: Annotated[
         list[Annotated[str, Field(max_length=128)]], Field(min_length=1, max_length=64)
     ]
@@ -695,6 +748,31 @@ class OptimizedModelSpec(KilnModel):
     serving: Serving = Field(default_factory=Serving)
     cost: Cost = Field(default_factory=Cost)
     opset: Annotated[int, Field(ge=17, le=23)] = 18
+
+    @model_serializer(mode="wrap")
+    def _wire_constants(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """No `constants` in the wire form of a spec without any: it keeps its form (and the
+        operator's request keys, which hash the spec)."""
+        out = handler(self)
+        if isinstance(out, dict) and not self.constants:
+            out.pop("constants", None)
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _constants_not_inputs(cls, data: Any) -> Any:
+        """`inputs[i].value` is what a user who reads "a constant input" writes: say where it
+        goes rather than that `value` is an unknown field."""
+        if isinstance(data, dict):
+            for i, entry in enumerate(data.get("inputs") or []):
+                if isinstance(entry, dict) and "value" in entry:
+                    name = entry.get("name", "…")
+                    raise ValueError(
+                        f"inputs[{i}].value: an input is sent with each request; an argument "
+                        f"fixed for every request goes in constants: [{{name: {name}, value: "
+                        f"{entry['value']}}}]"
+                    )
+        return data
 
     @field_validator("inputs")
     @classmethod
@@ -726,6 +804,15 @@ class OptimizedModelSpec(KilnModel):
                     f"outputs[{i}]: {name!r} is also an input's name; a served tensor's name "
                     "must say which one it is"
                 )
+        constant_names: set[str] = set()
+        for i, constant in enumerate(self.constants):
+            if constant.name in inputs or constant.name in constant_names:
+                what = "an input" if constant.name in inputs else "another constant"
+                raise ValueError(
+                    f"constants[{i}].name: {constant.name!r} is also {what}; an argument is "
+                    "either sent with each request or fixed, once"
+                )
+            constant_names.add(constant.name)
         for i, tensor in enumerate(self.inputs):
             fixed = tensor.fixed_batch
             if fixed is not None and self.batch_sizes != [fixed]:
