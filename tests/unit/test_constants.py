@@ -11,7 +11,8 @@ import torch
 
 from kiln.api.errors import InvalidSpecError, KilnInputError
 from kiln.api.spec import Constant, DType
-from kiln.builder.torch_source import bind_inputs, constant_value
+from kiln.builder.constants import constant_value, declared_kinds
+from kiln.builder.torch_source import bind_inputs
 from kiln.runtime.binding import Argument, Call, call_for
 from tests.fixtures.specs import minimal_spec
 
@@ -84,3 +85,15 @@ def test_a_factory_forward_binds_a_constant_by_name_as_its_annotation_says() -> 
     )
     with pytest.raises(KilnInputError, match="'rate' is not an input of the model"):
         bind_inputs(Rate(), unknown)
+
+
+class WithDefaults(torch.nn.Module):
+    # The file's `from __future__ import annotations` makes every annotation a string.
+    def forward(self, x: torch.Tensor, sr: int | None = None, on: bool | None = None) -> Any:
+        return x
+
+
+def test_an_optional_argument_is_declared_as_its_inner_type() -> None:
+    kinds = declared_kinds(WithDefaults(), scripted=False)
+    assert kinds == {"x": "Tensor", "sr": "int", "on": "bool"}
+    assert declared_kinds(torch.nn.Identity(), scripted=False) == {"input": "Tensor"}

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from kiln.api.errors import KilnInputError
-from kiln.api.spec import Constant, DType, OptimizedModelSpec, SourceFormat
+from kiln.api.spec import OptimizedModelSpec, SourceFormat
+from kiln.builder.constants import constant_value, declared_kinds, schema_arguments
 from kiln.builder.feeds import example_feeds
 from kiln.builder.outputs import OutputPath, SpecOutputs, as_is, bind_outputs, leaves, pick
 from kiln.runtime.base import Feeds
@@ -267,7 +268,7 @@ def bind_inputs(module: Any, spec: OptimizedModelSpec) -> Call:
         raise KilnInputError(
             "spec.constants", "the forward takes only *args; a constant binds by argument name"
         )
-    kinds = _declared_kinds(module, scripted)
+    kinds = declared_kinds(module, scripted)
     constants = [
         (c.name, constant_value(c, kinds.get(c.name, ""), f"spec.constants[{i}]"))
         for i, c in enumerate(spec.constants)
@@ -286,7 +287,7 @@ def _scripted_order(module: Any, spec: OptimizedModelSpec) -> list[str]:
     """A TorchScript forward's arguments by position: each constant at its own argument
     (a scripted forward keeps its argument names), the inputs in the spec's order in the
     others."""
-    declared = _schema_arguments(module)
+    declared = schema_arguments(module)
     fixed = {c.name for c in spec.constants}
     for i, constant in enumerate(spec.constants):
         if constant.name not in {a.name for a in declared}:
@@ -311,63 +312,6 @@ def _scripted_order(module: Any, spec: OptimizedModelSpec) -> list[str]:
             "archives take their arguments by position)",
         )
     return order
-
-
-def _schema_arguments(module: Any) -> list[Any]:
-    schema = getattr(getattr(module, "forward", None), "schema", None)
-    return [] if schema is None else list(schema.arguments)[1:]  # without self
-
-
-_KINDS = {int: "int", float: "float", bool: "bool", torch.Tensor: "Tensor"}
-
-
-def _declared_kinds(module: Any, scripted: bool) -> dict[str, str]:
-    """Each argument's declared type, as `int`, `float`, `bool`, `Tensor`, another type's
-    name, or absent where the forward declares none."""
-    if scripted:
-        return {a.name: str(a.type).rstrip("?") for a in _schema_arguments(module)}
-    try:
-        parameters = inspect.signature(module.forward).parameters
-    except (AttributeError, TypeError, ValueError):
-        return {}
-    kinds: dict[str, str] = {}
-    for name, parameter in parameters.items():
-        annotation = parameter.annotation
-        if isinstance(annotation, str):  # `from __future__ import annotations`
-            kinds[name] = annotation.rpartition(".")[2]
-        elif annotation is not parameter.empty:
-            kinds[name] = _KINDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
-    return kinds
-
-
-_TORCH_DTYPES = {
-    DType.FLOAT32: torch.float32,
-    DType.FLOAT16: torch.float16,
-    DType.INT64: torch.int64,
-    DType.INT32: torch.int32,
-    DType.UINT8: torch.uint8,
-    DType.BOOL: torch.bool,
-}
-
-
-def constant_value(constant: Constant, kind: str, where: str) -> Any:
-    """The constant as the forward declares its argument: a Python number for `int`,
-    `float`, `bool` (and for an undeclared one without a dtype), a 0-d tensor for `Tensor`
-    (or where the spec gives a dtype)."""
-    try:
-        if kind in ("int", "float", "bool"):
-            return constant.python_value(kind)
-        if kind in ("Tensor", "") and (kind == "Tensor" or constant.dtype is not None):
-            dtype = constant.dtype or (DType.INT64 if constant.integral else DType.FLOAT32)
-            return torch.tensor(constant.value, dtype=_TORCH_DTYPES[dtype])
-        if kind == "":
-            return constant.python_value("int" if constant.integral else "float")
-    except ValueError as exc:
-        raise KilnInputError(f"{where}.value", str(exc)) from None
-    raise KilnInputError(
-        f"{where}.name",
-        f"the forward's {constant.name!r} is {kind}; a constant is a number, a bool or a tensor",
-    )
 
 
 def check_torch_signature(
