@@ -13,10 +13,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from tests.conftest import FAST_BENCHMARK
 from tests.integration.test_hf_models import cpu_target, kiln_optimize
+from tests.integration.test_hf_models import write_spec as hf_spec
 from tests.integration.test_serve import start
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -68,27 +67,17 @@ class TensorRate(torch.nn.Module):
 
 
 def write_spec(root: Path, source: dict[str, Any], constants: list[Any], **spec: Any) -> Path:
-    document = {
-        "apiVersion": "kiln.dev/v1alpha1",
-        "kind": "OptimizedModel",
-        "metadata": {"name": "gated"},
-        "spec": {
-            "source": source,
-            "inputs": [{"name": "x", "shape": [-1, 8]}],
-            "constants": constants,
-            "outputs": ["y"],
-            "batchSizes": [1, 4],
-            "precisions": ["fp32"],
-            "accuracy": {"samples": 4},
-            "benchmark": dict(FAST_BENCHMARK),
-            "artifacts": {"uri": "artifacts"},
-            "selection": {"minSpeedup": 0.01},
-            **spec,
-        },
-    }
-    path = root / "spec.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return hf_spec(
+        root,
+        "gated",
+        source=source,
+        inputs=[{"name": "x", "shape": [-1, 8]}],
+        constants=constants,
+        outputs=["y"],
+        precisions=["fp32"],
+        accuracy={"samples": 4},
+        **spec,
+    )
 
 
 def served(out: Path, x: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:

@@ -72,11 +72,12 @@ def build(root: Path) -> Any:
     return namespace["build"]()
 
 
-def write_spec(root: Path, **spec: Any) -> Path:
+def write_spec(root: Path, name: str = "bert", **spec: Any) -> Path:
+    """A spec with this file's short test settings; `spec` adds or overrides fields."""
     document = {
         "apiVersion": "kiln.dev/v1alpha1",
         "kind": "OptimizedModel",
-        "metadata": {"name": "bert"},
+        "metadata": {"name": name},
         "spec": {
             "outputs": OUTPUTS,
             "batchSizes": [1, 4],

@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import FAST_BENCHMARK
 from tests.integration.test_hf_models import cpu_target, kiln_optimize
+from tests.integration.test_hf_models import write_spec as hf_spec
 from tests.integration.test_serve import start
 
 silero_vad = pytest.importorskip("silero_vad")
@@ -38,26 +38,16 @@ def shipped_onnx() -> Path:
 
 
 def write_spec(root: Path) -> Path:
-    document = {
-        "apiVersion": "kiln.dev/v1alpha1",
-        "kind": "OptimizedModel",
-        "metadata": {"name": "vad"},
-        "spec": {
-            "source": {"uri": str(shipped_onnx())},
-            "inputs": INPUTS,
-            "outputs": ["output", "stateN"],
-            "batchSizes": [1, 4],
-            "backends": ["onnxruntime"],
-            "precisions": ["fp32"],
-            "accuracy": {"samples": 4},
-            "benchmark": dict(FAST_BENCHMARK),
-            "artifacts": {"uri": "artifacts"},
-            "selection": {"minSpeedup": 0.01},
-        },
-    }
-    path = root / "spec.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return hf_spec(
+        root,
+        "vad",
+        source={"uri": str(shipped_onnx())},
+        inputs=INPUTS,
+        outputs=["output", "stateN"],
+        backends=["onnxruntime"],
+        precisions=["fp32"],
+        accuracy={"samples": 4},
+    )
 
 
 def tensor(name: str, array: np.ndarray, datatype: str) -> dict[str, Any]:

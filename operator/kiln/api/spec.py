@@ -34,6 +34,13 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
 _DIM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _identifier(value: str, what: str) -> str:
+    """`value` if it is a name a tensor or argument may have (ONNX, the v2 protocol)."""
+    if not _NAME.match(value):
+        raise ValueError(f"expected an identifier-like {what} name, got {value!r}")
+    return value
+
+
 class SourceFormat(StrEnum):
     TORCHSCRIPT = "torchscript"  # torch.jit.save archive
     EXPORTED = "exported"  # torch.export.save program (.pt2)
@@ -286,9 +293,7 @@ class TensorSpec(KilnModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"expected an identifier-like tensor name, got {value!r}")
-        return value
+        return _identifier(value, "tensor")
 
     @field_validator("shape")
     @classmethod
@@ -677,9 +682,7 @@ class Constant(KilnModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"expected an identifier-like argument name, got {value!r}")
-        return value
+        return _identifier(value, "argument")
 
     @property
     def integral(self) -> bool:
@@ -785,8 +788,7 @@ class OptimizedModelSpec(KilnModel):
     def _unique_outputs(cls, value: list[str]) -> list[str]:
         _require_unique(value)
         for name in value:
-            if not _NAME.match(name):
-                raise ValueError(f"expected an identifier-like tensor name, got {name!r}")
+            _identifier(name, "tensor")
         return value
 
     @field_validator("batch_sizes")
