@@ -118,7 +118,9 @@ def test_a_timm_convnext_program_with_a_dynamic_batch_serves_the_packages_answer
         source={"uri": "convnext.pt2"},
         inputs=[IMAGE],
         outputs=["logits"],
-        backends=["pytorch", "onnxruntime", "aotinductor"],
+        # AOTInductor compiles the program for minutes on 2 cores and is covered by the ViT
+        # above; what this test adds is the user's `.pt2` with a dynamic batch, through ONNX.
+        backends=["pytorch", "onnxruntime"],
         precisions=["fp32"],
         accuracy={"samples": 4, "uri": "calibration"},
     )
@@ -126,9 +128,8 @@ def test_a_timm_convnext_program_with_a_dynamic_batch_serves_the_packages_answer
     done = kiln_optimize(spec, out)
     assert done.returncode == 0, done.stdout + done.stderr
     candidates = {c["name"]: c for c in cpu_target(out)["candidates"]}
-    for name in ("aotinductor-cpu-fp32", "onnxruntime-cpu-fp32"):
-        assert candidates[name]["state"] == "OK", candidates[name]
-        assert candidates[name]["accuracy"]["passed"] is True, candidates[name]
+    assert candidates["onnxruntime-cpu-fp32"]["state"] == "OK", candidates
+    assert candidates["onnxruntime-cpu-fp32"]["accuracy"]["passed"] is True, candidates
 
     batch = images(3, 8)
     with torch.inference_mode():
