@@ -1,12 +1,15 @@
-"""AOTInductor, ONNX Runtime (FP32, INT8) and, on an NVIDIA GPU, the CUDA (AOTInductor FP32
-and FP16, ONNX Runtime) and TensorRT candidates against PyTorch eager, measured side by side in
+"""AOTInductor (FP32, bf16), ONNX Runtime (FP32, INT8), OpenVINO (FP32, bf16, INT8) and, on an
+NVIDIA GPU, the CUDA (AOTInductor FP32, FP16 and bf16, ONNX Runtime) and TensorRT candidates
+against PyTorch eager, measured side by side in
 interleaved rounds in one run on this machine, with each speedup's 95 % interval, plus where
 the time goes (top operators of each runtime at the largest batch size).
 
     .venv/bin/python benchmarks/runtime_speedup.py [SPEC] [--batch-sizes 1 8] [--seconds 20]
-        [--hog N] [--torch-compile] [--artifacts STORE]
+        [--hog N] [--torch-compile] [--artifacts STORE] [--peers]
 
-`--torch-compile` adds torch.compile (JIT) as a reference row beside its AOT form.
+`--torch-compile` adds torch.compile (JIT) as a reference row beside its AOT form. `--peers`
+then measures the CPU engine Kiln selected against OpenVINO built by hand, outside Kiln, the
+way its own docs build it, with each engine's share of the CPU's peak (benchmarks/cpu_peers.py).
 
 It drives the same pipeline as `kiln optimize` (same export, Q/DQ model, runners and
 interleaved rounds), always re-measuring (--force), into a throw-away artifact store; with
@@ -150,6 +153,11 @@ def main() -> int:
     parser.add_argument(
         "--artifacts", type=Path, help="reuse the engines built in this store; re-measure all"
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also measure Kiln's selected CPU engine against OpenVINO built outside Kiln",
+    )
     args = parser.parse_args()
     hogs = [multiprocessing.Process(target=burn, daemon=True) for _ in range(args.hog)]
     for hog in hogs:
@@ -162,8 +170,9 @@ def main() -> int:
 
 
 def backends(wanted: list[Backend], torch_compile: bool) -> list[Backend]:
-    """The spec's backends with AOTInductor always, torch.compile only when asked."""
-    chosen = {*wanted, Backend.AOTINDUCTOR} - (
+    """The spec's backends with AOTInductor and OpenVINO always, torch.compile only when
+    asked."""
+    chosen = {*wanted, Backend.AOTINDUCTOR, Backend.OPENVINO} - (
         {Backend.TORCH_COMPILE} if not torch_compile else set()
     )
     if torch_compile:
@@ -200,8 +209,15 @@ def measure(args: argparse.Namespace) -> int:
         status = outcome.status
         print_table(status)
         print(f"\n{status.summary}")
-        if any(t.device == "cpu" and t.state is State.OK for t in status.targets):
+        cpu = next((t for t in status.targets if t.device == "cpu" and t.state is State.OK), None)
+        if cpu is not None:
             cpu_profile(ctx, status, spec, args.top)
+        if cpu is not None and args.peers:
+            sys.path.insert(0, str(ROOT))  # the script's folder is on the path, not its package
+            from benchmarks.cpu_peers import compare_with_peers
+
+            threads = cpu.environment.cpu_threads if cpu.environment else None
+            compare_with_peers(ctx, cpu, spec.batch_sizes, threads or 1)
     print(
         f"\nnumpy {np.__version__}, torch {torch.__version__}, onnxruntime {ort.__version__}, "
         f"{torch.get_num_threads()} torch threads"

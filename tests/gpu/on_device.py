@@ -191,7 +191,9 @@ def gpu_spec(with_ort: bool) -> dict[str, object]:
     lease on CPU compiles), the backends the device can run, short benchmark caps."""
     return {
         "backends": gpu_backends(with_ort),
-        "precisions": ["fp32", "fp16"] + (["int8"] if with_ort else []),
+        # bf16: Hopper computes it at FP16's rate without FP16's range (AOTInductor's only:
+        # ONNX Runtime and TensorRT bf16 need a bf16 ONNX model Kiln does not build).
+        "precisions": ["fp32", "fp16", "bf16"] + (["int8"] if with_ort else []),
         "targets": {"cpu": True} if rehearsing() else {"cpu": False, "gpuTypes": []},
         "benchmark": {"maxSeconds": 8},
     }

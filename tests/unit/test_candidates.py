@@ -14,12 +14,16 @@ NO_GPU = Capabilities(
     ort_providers=["CPUExecutionProvider"],
     tensorrt=None,
     tensorrt_reason="tensorrt is not installed",
+    openvino="2026.4.1",
+    nncf="3.4.0",
+    cpu_bf16="AVX512-BF16",
 )
 H100 = Capabilities(
     cuda_device="NVIDIA-H100-80GB-HBM3",
     cuda_reason="",
     ort_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
     tensorrt="10.9",
+    cuda_capability=(9, 0),
 )
 
 
@@ -55,8 +59,12 @@ def test_cpu_candidates_and_baseline() -> None:
     assert [p.name for p in plans] == [
         "pytorch-cpu-fp32",
         "aotinductor-cpu-fp32",
+        "aotinductor-cpu-bf16",
         "onnxruntime-cpu-fp32",
         "onnxruntime-cpu-int8",
+        "openvino-cpu-fp32",
+        "openvino-cpu-bf16",
+        "openvino-cpu-int8",
     ]
     assert all(p.skip is None for p in plans)
     every = spec(backends=["pytorch", "torch-compile", "aotinductor", "onnxruntime"])
@@ -81,6 +89,38 @@ def test_aotinductor_needs_an_exported_program_and_a_compiler() -> None:
     assert "needs a C++ compiler" in (skip({}, no_compiler) or "")
 
 
+def test_openvino_candidates_say_which_package_is_missing() -> None:
+    def skips(caps: Capabilities) -> dict[str, str | None]:
+        plans = plan_candidates(spec(backends=["openvino"]), CPU, caps)
+        return {p.name: p.skip for p in plans if p.backend.value == "openvino"}
+
+    no_nncf = Capabilities(**{**NO_GPU.__dict__, "nncf": None})
+    assert skips(no_nncf)["openvino-cpu-fp32"] is None  # FP32 needs only the runtime
+    assert "NNCF, which is not installed" in (skips(no_nncf)["openvino-cpu-int8"] or "")
+    reason = "openvino is not installed (ImportError); install kiln[cpu]"
+    none = Capabilities(**{**NO_GPU.__dict__, "openvino": None, "openvino_reason": reason})
+    assert set(skips(none).values()) == {reason}
+    assert len(skips(none)) == 3  # fp32, bf16, int8
+    # Its GPU plugin is for Intel GPUs: a CUDA target has no OpenVINO candidates.
+    gpu = plan_candidates(spec(), TargetPlan("NVIDIA-H100-80GB-HBM3", "cuda"), H100)
+    assert not [p for p in gpu if p.backend.value == "openvino"]
+
+
+def test_bf16_needs_hardware_that_computes_it() -> None:
+    def skips(target: TargetPlan, caps: Capabilities) -> dict[str, str | None]:
+        plans = plan_candidates(spec(precisions=["bf16"]), target, caps)
+        return {p.name: p.skip for p in plans if p.precision.value == "bf16"}
+
+    assert skips(CPU, NO_GPU) == {"aotinductor-cpu-bf16": None, "openvino-cpu-bf16": None}
+    old_cpu = Capabilities(**{**NO_GPU.__dict__, "cpu_bf16": None})
+    for reason in skips(CPU, old_cpu).values():
+        assert "neither AVX512-BF16 nor AMX-BF16" in (reason or "")
+    t4 = Capabilities(**{**H100.__dict__, "cuda_device": "Tesla-T4", "cuda_capability": (7, 5)})
+    on_t4 = skips(TargetPlan("Tesla-T4", "cuda"), t4)
+    assert "compute capability 7.5) has no native bf16" in (on_t4["aotinductor-cuda-bf16"] or "")
+    assert "needs a bf16 ONNX model" in (on_t4["tensorrt-cuda-bf16"] or "")
+
+
 def test_gpu_candidates_are_skipped_with_reasons_without_gpu_packages() -> None:
     no_trt = Capabilities(
         **{
@@ -100,8 +140,10 @@ def test_gpu_candidates_are_skipped_with_reasons_without_gpu_packages() -> None:
     assert plans["aotinductor-cuda-fp32"] is None
     assert plans["aotinductor-cuda-fp16"] is None  # PyTorch ships everything it needs
     full = plan_candidates(spec(), TargetPlan("NVIDIA-H100-80GB-HBM3", "cuda"), H100)
-    assert len(full) == 7
-    assert all(p.skip is None for p in full)
+    assert len(full) == 10
+    skipped = {p.name for p in full if p.skip is not None}
+    # bf16 from ONNX needs a bf16 ONNX model, which Kiln does not build.
+    assert skipped == {"onnxruntime-cuda-bf16", "tensorrt-cuda-bf16"}
 
 
 def test_spec_filters_backends_and_precisions_but_keeps_the_baseline() -> None:

@@ -120,6 +120,10 @@ INT8 = ("ort-int8", Backend.ONNXRUNTIME, Precision.INT8)
         (Backend.TENSORRT, Precision.FP16, Complexity.TENSORRT_FP16),
         (Backend.TENSORRT, Precision.INT8, Complexity.INT8),
         (Backend.ONNXRUNTIME, Precision.INT8, Complexity.INT8),
+        (Backend.OPENVINO, Precision.FP32, Complexity.FP32),
+        (Backend.OPENVINO, Precision.BF16, Complexity.FP16),  # bf16 ranks with FP16
+        (Backend.AOTINDUCTOR, Precision.BF16, Complexity.FP16),
+        (Backend.OPENVINO, Precision.INT8, Complexity.INT8),
     ],
 )
 def test_complexity_ranks_simplest_first(

@@ -27,6 +27,19 @@ def test_fp16_uses_its_own_tolerance() -> None:
     assert compare(y, ref, ["a"], Accuracy(), Precision.FP16).passed
 
 
+def test_bf16_uses_its_own_looser_tolerance() -> None:
+    ref = [[np.ones(4, np.float32)]]
+    y = [[np.ones(4, np.float32) * 1.05]]  # a few bf16 steps off (its eps is 7.8e-3)
+    assert not compare(y, ref, ["a"], Accuracy(), Precision.FP16).passed
+    assert compare(y, ref, ["a"], Accuracy(), Precision.BF16).passed
+    tight = Accuracy(bf16_atol=1e-3, bf16_rtol=1e-3)
+    assert not compare(y, ref, ["a"], tight, Precision.BF16).passed
+    assert (
+        "a: |y-ref| <= 0.001 + 0.001*|ref|"
+        in compare(y, ref, ["a"], tight, Precision.BF16).criterion
+    )
+
+
 def test_int8_gate_is_relative_l2_error() -> None:
     rng = np.random.default_rng(0)
     ref = [[rng.standard_normal(1000).astype(np.float32)]]

@@ -6,8 +6,8 @@ Every package takes the spec's inputs by position, in the spec's order (what the
 `kiln serve` pass). The program is the source's own `torch.export` program where it can be used
 as it is (an FP32 package from a `.pt2` source that takes the inputs in that order); otherwise
 the module is exported here behind `SpecOrder`, with the spec's dynamic batch axis (min 1, max
-the largest batch size), on the target's device, and for FP16 wrapped so the package takes and
-returns the spec's dtypes and computes in half precision inside."""
+the largest batch size), on the target's device, and for FP16 and bf16 wrapped so the package
+takes and returns the spec's dtypes and computes in that precision inside."""
 
 from __future__ import annotations
 
@@ -144,16 +144,20 @@ def _program(spec: OptimizedModelSpec, plan: CandidatePlan, prepared: Prepared, 
     return out
 
 
-class HalfPrecision(torch.nn.Module):
-    """Runs `module` in FP16 behind the spec's dtypes: floating inputs are cast to half on the
-    way in, outputs to float32 on the way out, so an FP16 package serves the same contract."""
+REDUCED = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
 
-    def __init__(self, module: torch.nn.Module) -> None:
+
+class ReducedPrecision(torch.nn.Module):
+    """Runs `module` in FP16 or bf16 behind the spec's dtypes: floating inputs are cast on the
+    way in, outputs to float32 on the way out, so the package serves the same contract."""
+
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
-        self.module = module.half()
+        self.dtype = dtype
+        self.module = module.to(dtype)
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cast = [a.half() if a.is_floating_point() else a for a in args]
+        cast = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
         return tuple(t.float() for t in flatten_outputs(self.module(*cast)))
 
 
@@ -174,8 +178,8 @@ def export_program(
     shapes = (tuple(by_name[n] or None for n in names),)
     call = model.call.converted(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v)
     program: torch.nn.Module = SpecOrder(copy.deepcopy(model.module).to(device), call, names)
-    if precision is Precision.FP16:
-        program = HalfPrecision(program)
+    if precision in REDUCED:
+        program = ReducedPrecision(program, REDUCED[precision])
     try:
         return torch.export.export(program, args, dynamic_shapes=shapes, strict=False)
     except Exception as exc:

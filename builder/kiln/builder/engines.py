@@ -58,15 +58,22 @@ def build_candidate(
     started = time.perf_counter()
     try:
         with ctx.reporter.step(f"[{target.name}] build {plan.name}"):
-            runner, artifact, cached = _runner(ctx, plan, prepared, target, threads)
+            engine = _engine(ctx, plan, prepared, target, threads)
     except ModelUnavailableError as exc:
         return Built(None, _since(started), failure=str(exc))
     except CandidateBuildError as exc:
         return Built(None, _since(started), failure=f"build failed: {exc}")
     except Exception as exc:
         return Built(None, _since(started), failure=f"build failed: {error_text(exc)}")
-    note = prepared.qdq_scope if plan.precision is Precision.INT8 else None
-    return Built(runner, _since(started), artifact, cached, note=note)
+    return Built(engine.runner, _since(started), engine.artifact, engine.cached, note=engine.note)
+
+
+@dataclass(frozen=True)
+class Engine:
+    runner: Runner
+    artifact: str | None = None  # URI of what a server would load
+    cached: bool = False
+    note: str | None = None  # what an INT8 model holds, where it is not every op
 
 
 def _since(started: float) -> float:
@@ -87,30 +94,43 @@ def _torch_runner(plan: CandidatePlan, prepared: Prepared, device: str) -> Torch
     return runner
 
 
-def _runner(
+def _engine(
     ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, target: TargetPlan, threads: int
-) -> tuple[Runner, str | None, bool]:
-    """(runner, artifact URI, reused from storage)."""
+) -> Engine:
     device = "cuda:0" if target.device == "cuda" else "cpu"
     if plan.backend in (Backend.PYTORCH, Backend.TORCH_COMPILE):
-        return _torch_runner(plan, prepared, device), None, False
+        return Engine(_torch_runner(plan, prepared, device))
     if plan.backend is Backend.AOTINDUCTOR:
         package = aoti_package(ctx, plan, prepared, target.name, threads)
         names = [t.name for t in ctx.spec.inputs]  # a package takes them in the spec's order
-        return (
-            AotiRunner(plan.name, package.path, names, device, threads),
-            package.uri,
-            package.cached,
-        )
+        package_runner = AotiRunner(plan.name, package.path, names, device, threads)
+        return Engine(package_runner, package.uri, package.cached)
+    if plan.backend is Backend.OPENVINO:
+        return _openvino_engine(ctx, plan, prepared, threads)
     model, missing = model_for(plan, prepared)
     if model is None:
         raise ModelUnavailableError(missing)
     outputs = ctx.spec.outputs
+    note = prepared.qdq_scope if plan.precision is Precision.INT8 else None
     if plan.backend is Backend.ONNXRUNTIME:
         runner = OrtRunner(plan.name, model.path, outputs, device, threads)
-        return runner, model.uri, model.cached
+        return Engine(runner, model.uri, model.cached, note)
     from kiln.builder.tensorrt import tensorrt_engine
     from kiln.runtime.trt_runner import TrtRunner
 
-    engine = tensorrt_engine(ctx, model, plan.precision, target.name)
-    return TrtRunner(plan.name, engine.path, outputs, device), engine.uri, engine.cached
+    built = tensorrt_engine(ctx, model, plan.precision, target.name)
+    return Engine(TrtRunner(plan.name, built.path, outputs, device), built.uri, built.cached, note)
+
+
+def _openvino_engine(
+    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, threads: int
+) -> Engine:
+    from kiln.builder.openvino import openvino_ir
+    from kiln.runtime.ov_runner import InferencePrecision, OpenVinoRunner
+
+    if plan.precision is Precision.INT8 and prepared.quantizer is None:
+        raise ModelUnavailableError("no calibration set: OpenVINO INT8 needs spec.calibration")
+    ir = openvino_ir(ctx, plan, prepared)
+    hint = InferencePrecision.of(plan.precision.value)
+    runner = OpenVinoRunner(plan.name, ir.path, ctx.spec.outputs, threads, hint)
+    return Engine(runner, ir.uri, ir.cached, ir.meta.get("scope"))

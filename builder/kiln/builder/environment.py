@@ -10,7 +10,8 @@ from pathlib import Path
 from kiln.api.keys import BUILDER_VERSION
 from kiln.api.spec import Targets
 from kiln.api.status import Environment
-from kiln.runtime.devices import local_gpu
+from kiln.runtime.cpu_isa import bf16_units, cpu_flags
+from kiln.runtime.devices import local_gpu, local_gpu_capability
 from kiln.runtime.threads import ThreadBudget
 
 
@@ -31,6 +32,11 @@ class Capabilities:
     tensorrt: str | None = None
     tensorrt_reason: str = ""
     cpp_compiler: bool = True
+    openvino: str | None = None  # the runtime's version, where it imports
+    openvino_reason: str = ""
+    nncf: str | None = None  # OpenVINO's quantizer, which its INT8 candidates need
+    cpu_bf16: str | None = None  # the CPU's native bf16 units (AMX-BF16, AVX512-BF16)
+    cuda_capability: tuple[int, int] | None = None  # GPU 0's compute capability
 
     @staticmethod
     def detect() -> Capabilities:
@@ -46,6 +52,7 @@ class Capabilities:
         except Exception as exc:  # ImportError, or a stub that fails on import
             trt_version = None
             trt_reason = f"tensorrt is not installed ({type(exc).__name__}); install kiln[tensorrt]"
+        openvino, openvino_reason = _openvino()
         return Capabilities(
             cuda_device=device,
             cuda_reason=reason,
@@ -53,7 +60,21 @@ class Capabilities:
             tensorrt=trt_version,
             tensorrt_reason=trt_reason,
             cpp_compiler=shutil.which("c++") is not None or shutil.which("g++") is not None,
+            openvino=openvino,
+            openvino_reason=openvino_reason,
+            nncf=_version("nncf"),
+            cpu_bf16=bf16_units(cpu_flags()),
+            cuda_capability=local_gpu_capability() if device else None,
         )
+
+
+def _openvino() -> tuple[str | None, str]:
+    """OpenVINO's version and "", or None and why its candidates cannot be built here."""
+    try:
+        import openvino  # noqa: F401
+    except Exception as exc:  # ImportError, or a wheel this CPU or libc cannot load
+        return None, f"openvino is not installed ({type(exc).__name__}); install kiln[cpu]"
+    return _version("openvino"), ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,8 @@ def environment(target: TargetPlan, caps: Capabilities, threads: ThreadBudget) -
         torch=torch.__version__,
         onnx=_version("onnx"),
         onnxruntime=_version("onnxruntime") or _version("onnxruntime-gpu"),
+        openvino=caps.openvino if target.device == "cpu" else None,
+        nncf=caps.nncf if target.device == "cpu" else None,
         tensorrt=caps.tensorrt if target.device == "cuda" else None,
         cuda=torch.version.cuda if target.device == "cuda" else None,
         cpu_threads=threads.count,

@@ -17,7 +17,7 @@ import onnxruntime
 
 from kiln.api.errors import KilnError
 from kiln.api.keys import cache_key
-from kiln.api.spec import Precision, SourceFormat
+from kiln.api.spec import OptimizedModelSpec, Precision, SourceFormat
 from kiln.api.status import GateData, State
 from kiln.builder.calibration import SampleSet, fetch_calibration, fetch_validation, iter_samples
 from kiln.builder.context import BuildContext
@@ -236,19 +236,11 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
             "method": cal.method.value,
         }
 
-        # ONNX Runtime's calibrators stack the activations of many samples, so they must
-        # share one shape: each is cut or repeated to the lengths the engines are tuned for.
-        opt = {name: dim.optimal for name, dim in ctx.spec.dims().items()}
-
-        def samples() -> Iterator[Feeds]:
-            read = iter_samples(calibration, ctx.spec, quantizer.calibrate, quantizer.skip)
-            return (fit_lengths(s, ctx.spec.inputs, opt) for s in read)
-
         def build(out: Path) -> None:
             meta["scope"] = quantize_qdq(
                 prepared.onnx.path,
                 out,
-                samples,
+                lambda: quantizer_feeds(ctx.spec, prepared),
                 cal.method,
                 cal.percentile,
                 step,
@@ -265,6 +257,19 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
             # A reused model says what it holds from its manifest, as a new one does.
             st.reason = prepared.qdq_scope
     prepared.stages.append(st)
+
+
+def quantizer_feeds(spec: OptimizedModelSpec, prepared: Prepared) -> Iterator[Feeds]:
+    """The samples every quantizer reads (ONNX Runtime's and NNCF's alike, so their INT8 models
+    compare on the same data): the calibration set in shard order, the gates' samples left
+    out, each cut or repeated to the lengths the engines are tuned for, because ONNX Runtime's
+    calibrators stack the activations of many samples and they must share one shape."""
+    assert prepared.calibration is not None
+    assert prepared.quantizer is not None
+    quantizer = prepared.quantizer
+    opt = {name: dim.optimal for name, dim in spec.dims().items()}
+    read = iter_samples(prepared.calibration, spec, quantizer.calibrate, quantizer.skip)
+    return (fit_lengths(s, spec.inputs, opt) for s in read)
 
 
 def _fp16(ctx: BuildContext, prepared: Prepared) -> None:

@@ -22,6 +22,7 @@ from kiln.builder.context import BuildContext
 from kiln.builder.engines import build_candidate, error_text, model_for
 from kiln.builder.environment import Capabilities, TargetPlan, environment
 from kiln.builder.feeds import fit_lengths, stack
+from kiln.builder.openvino import ir_key, openvino_isa
 from kiln.builder.prepare import Prepared
 from kiln.builder.verify import blind_gates, compare
 from kiln.runtime.base import Runner, infer
@@ -36,17 +37,22 @@ def candidate_key(
     model, _ = model_for(plan, prepared)
     onnx_based = plan.backend in (Backend.ONNXRUNTIME, Backend.TENSORRT)
     built_from = model.key if model is not None and onnx_based else None
+    isa = None
     if plan.backend is Backend.AOTINDUCTOR and plan.skip is None:
         threads = env.cpu_threads or 1
         built_from = package_key(spec, plan, prepared, env.device_type, threads)
+    if plan.backend is Backend.OPENVINO and plan.skip is None:
+        built_from, isa = ir_key(plan, prepared), openvino_isa()
     return cache_key(
         "cand",
         name=plan.name,
         model=built_from,
         source=prepared.source.digest,
         device=env.device_type,
+        isa=isa,
         torch=env.torch,
         onnxruntime=env.onnxruntime,
+        openvino=env.openvino,
         tensorrt=env.tensorrt,
         cuda=env.cuda,
     )

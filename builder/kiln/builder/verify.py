@@ -45,11 +45,7 @@ def compare(
         if precision is Precision.INT8:
             passed = rel <= accuracy.int8_max_degradation
         else:
-            atol, rtol = (
-                (tol.fp16_atol, tol.fp16_rtol)
-                if precision is Precision.FP16
-                else (tol.atol, tol.rtol)
-            )
+            atol, rtol = tol.elementwise(precision)
             passed = bool(np.all(np.abs(y - ref) <= atol + rtol * np.abs(ref)))
         per_output.append(
             OutputError(name=name, max_abs_error=max_abs, relative_error=rel, passed=passed)
@@ -70,9 +66,7 @@ def criterion(accuracy: Accuracy, precision: Precision, names: list[str]) -> str
     parts = []
     for name in names:
         tol = accuracy.tolerance(name)
-        atol, rtol = (
-            (tol.fp16_atol, tol.fp16_rtol) if precision is Precision.FP16 else (tol.atol, tol.rtol)
-        )
+        atol, rtol = tol.elementwise(precision)
         parts.append(f"{name}: |y-ref| <= {atol:g} + {rtol:g}*|ref|")
     return "; ".join(parts)
 
@@ -94,9 +88,9 @@ def blind_gates(
         )
         tol = accuracy.tolerance(name)
         blind = [
-            f"{precision.value} atol {atol:g}"
-            for precision, atol in ((Precision.FP32, tol.atol), (Precision.FP16, tol.fp16_atol))
-            if precision in precisions and peak < atol
+            f"{precision.value} atol {tol.elementwise(precision)[0]:g}"
+            for precision in (Precision.FP32, Precision.FP16, Precision.BF16)
+            if precision in precisions and peak < tol.elementwise(precision)[0]
         ]
         if blind:
             problems.append(f"{name!r}: every |ref| <= {peak:.3g}, below {' and '.join(blind)}")
@@ -105,5 +99,5 @@ def blind_gates(
     return (
         "the gate cannot tell engines apart (an all-zero output would pass): "
         + "; ".join(problems)
-        + "; set accuracy.atol/fp16Atol (or perOutput) below the outputs' scale"
+        + "; set accuracy.atol/fp16Atol/bf16Atol (or perOutput) below the outputs' scale"
     )

@@ -398,7 +398,7 @@ def serve(
     ] = 0.0,
     threads: Annotated[
         int | None,
-        typer.Option(help="CPU threads for ONNX Runtime (default: the CPU quota, else affinity)"),
+        typer.Option(help="CPU threads for the engine (default: the CPU quota, else affinity)"),
     ] = None,
     max_body_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 64.0,
     cache_dir: Annotated[Path | None, typer.Option(help="local folder for downloads")] = None,
@@ -450,7 +450,9 @@ def serve(
         artifact = fetch_artifact(storage, served.candidate.artifact or "", cache / "objects")
         # The runner is loaded, warmed up and run on one thread for its whole life.
         engine_thread = ThreadPoolExecutor(1, thread_name_prefix="kiln-infer")
-        runner = engine_thread.submit(open_runner, served, artifact, threads).result()
+        runner = engine_thread.submit(
+            open_runner, served, artifact, threads, cache / "compiled"
+        ).result()
     except KilnError as exc:
         _fail(exc)
     spec = model.spec

@@ -59,3 +59,15 @@ def build_isa() -> str:
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
     return str(pick_vec_isa()).upper()
+
+
+def bf16_units(flags: frozenset[str] | None) -> str | None:
+    """The units that compute bf16 natively on this CPU (`AMX-BF16`, `AVX512-BF16`), or None:
+    without them bf16 is converted to and from float32 around every op, slower than FP32."""
+    if flags is None:
+        return None
+    if "amx_bf16" in flags:
+        return "AMX-BF16"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None

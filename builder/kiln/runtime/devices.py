@@ -16,3 +16,13 @@ def local_gpu() -> str | None:
     if not torch.cuda.is_available():
         return None
     return gpu_product_label(torch.cuda.get_device_name(0))
+
+
+def local_gpu_capability() -> tuple[int, int] | None:
+    """GPU 0's CUDA compute capability, e.g. (9, 0) for an H100 or H200; None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    return int(major), int(minor)

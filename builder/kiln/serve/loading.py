@@ -110,8 +110,14 @@ def from_result(
     return model, [target]
 
 
+def companions(name: str) -> list[str]:
+    """Files an artifact is loaded with: an OpenVINO IR's weights beside its `.xml`."""
+    return [name.removesuffix(".xml") + ".bin"] if name.endswith(".xml") else []
+
+
 def fetch_artifact(storage: Storage, uri: str, cache_dir: Path) -> Path:
-    """A local copy of a candidate's artifact, verified against its folder's manifest."""
+    """A local copy of a candidate's artifact (and the files it is loaded with, beside it),
+    each verified against its folder's manifest."""
     loc = parse_uri(uri)
     folder, _, name = loc.key.rpartition("/")
     root, _, key = folder.rpartition("/")
@@ -119,6 +125,8 @@ def fetch_artifact(storage: Storage, uri: str, cache_dir: Path) -> Path:
     if store.manifest(key) is None:
         raise KilnInputError(uri, "artifact is not marked built (no manifest)")
     try:
+        for other in companions(name):
+            store.fetch(key, other)
         return store.fetch(key, name)
     except RuntimeError as exc:  # digest mismatch: never serve what was not built
         raise KilnInputError(uri, str(exc)) from None
@@ -136,9 +144,12 @@ def torch_mismatch(built_with: str | None, here: str) -> str | None:
     return f"compiled with torch {built_with}, this server has torch {here}"
 
 
-def open_runner(served: Served, artifact: Path, threads: int | None) -> Any:
+def open_runner(
+    served: Served, artifact: Path, threads: int | None, compiled_cache: Path | None = None
+) -> Any:
     """The runner for the served candidate; a package this machine cannot run is refused
-    (KilnInputError) before it is loaded."""
+    (KilnInputError) before it is loaded. `compiled_cache`: where a runtime that compiles on
+    load (OpenVINO) keeps what it compiled."""
     outputs = served.model.spec.outputs
     device = "cuda:0" if served.target.device == "cuda" else "cpu"
     name = served.candidate.name
@@ -150,6 +161,12 @@ def open_runner(served: Served, artifact: Path, threads: int | None) -> Any:
         return TrtRunner(name, artifact, outputs, device)
     if served.candidate.backend is Backend.AOTINDUCTOR:
         return _aoti_runner(served, artifact, device, count)
+    if served.candidate.backend is Backend.OPENVINO:
+        from kiln.runtime.ov_runner import InferencePrecision, OpenVinoRunner
+
+        hint = InferencePrecision.of(served.candidate.precision.value)
+        # Compiled once per CPU and OpenVINO version, then loaded from the cache on restarts.
+        return OpenVinoRunner(name, artifact, outputs, count, hint, compiled_cache)
     from kiln.runtime.ort_runner import OrtRunner
 
     return OrtRunner(name, artifact, outputs, device, count)

@@ -19,14 +19,14 @@ from kiln.api.spec import Backend, Objective, OptimizedModelSpec, Precision, Sel
 from kiln.api.status import CandidateStatus, Interval, State, TargetStatus
 
 # Only these can be loaded by `kiln serve`; torch.compile is measured for comparison.
-SERVABLE = frozenset({Backend.ONNXRUNTIME, Backend.AOTINDUCTOR, Backend.TENSORRT})
+SERVABLE = frozenset({Backend.ONNXRUNTIME, Backend.OPENVINO, Backend.AOTINDUCTOR, Backend.TENSORRT})
 
 
 class Complexity(IntEnum):
     """Simplest first: what a candidate costs in accuracy risk and upkeep."""
 
-    FP32 = 0  # ONNX Runtime, AOTInductor: FP32 engines with the reference numerics
-    FP16 = 1  # half precision: a looser accuracy gate
+    FP32 = 0  # ONNX Runtime, OpenVINO, AOTInductor: FP32 engines with the reference numerics
+    FP16 = 1  # half precision (FP16, bf16): a looser accuracy gate
     TENSORRT_FP16 = 2  # an engine tied to one GPU architecture and one TensorRT version
     INT8 = 3  # calibration data and a quality check to keep up
 
@@ -36,7 +36,7 @@ def complexity(backend: Backend, precision: Precision) -> Complexity:
         return Complexity.INT8
     if backend is Backend.TENSORRT:
         return Complexity.TENSORRT_FP16
-    if precision is Precision.FP16:
+    if precision in (Precision.FP16, Precision.BF16):
         return Complexity.FP16
     return Complexity.FP32
 

@@ -62,6 +62,7 @@ class Backend(StrEnum):
     TORCH_COMPILE = "torch-compile"  # a measured reference: what a user might pick instead
     AOTINDUCTOR = "aotinductor"  # torch.compile ahead of time: a package per device type
     ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"  # CPU targets: Intel's runtime, with NNCF's INT8
     TENSORRT = "tensorrt"
 
 
@@ -72,6 +73,9 @@ DEFAULT_BACKENDS: tuple[Backend, ...] = tuple(b for b in Backend if b is not Bac
 class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
+    # bfloat16: float32's range with 8 bits of mantissa; no overflow where FP16 overflows, and
+    # fast where the hardware has it (AVX512-BF16 and AMX CPUs, NVIDIA from Ampere on).
+    BF16 = "bf16"
     INT8 = "int8"
 
 
@@ -432,8 +436,20 @@ class Calibration(KilnModel):
 class Tolerance(KilnModel):
     atol: Annotated[float, Field(ge=0)] = 1e-4
     rtol: Annotated[float, Field(ge=0)] = 1e-3
+    # About 10 units in the last place of each format: FP16 keeps 10 mantissa bits (eps
+    # 9.8e-4), bf16 keeps 7 (eps 7.8e-3), so bf16's gate is 8 times FP16's.
     fp16_atol: Annotated[float, Field(ge=0)] = 1e-2
     fp16_rtol: Annotated[float, Field(ge=0)] = 1e-2
+    bf16_atol: Annotated[float, Field(ge=0)] = 8e-2
+    bf16_rtol: Annotated[float, Field(ge=0)] = 8e-2
+
+    def elementwise(self, precision: Precision) -> tuple[float, float]:
+        """(atol, rtol) of an element-wise gate at `precision` (INT8's gate is relative L2)."""
+        if precision is Precision.FP16:
+            return self.fp16_atol, self.fp16_rtol
+        if precision is Precision.BF16:
+            return self.bf16_atol, self.bf16_rtol
+        return self.atol, self.rtol
 
 
 class Accuracy(Tolerance):

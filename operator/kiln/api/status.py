@@ -228,6 +228,8 @@ class Environment(KilnModel):
     torch: str | None = None
     onnx: str | None = None
     onnxruntime: str | None = None
+    openvino: str | None = None
+    nncf: str | None = None
     tensorrt: str | None = None
     cuda: str | None = None
     cpu_threads: int | None = Field(

@@ -1,0 +1,144 @@
+"""OpenVINO IRs for CPU targets: the exported ONNX model converted as it is (FP32), or
+quantized by NNCF's post-training quantization on the calibration set (INT8), stored under a
+content key and reused.
+
+Why NNCF and not the Q/DQ model ONNX Runtime runs: OpenVINO fuses NNCF's FakeQuantize ops
+into its own INT8 kernels (VNNI, AMX) and NNCF corrects the biases the rounding shifts, which
+kept the lipsync example's error at 4.3e-5 where ONNX Runtime's Q/DQ model had 2.1e-3.
+
+The IR holds no CPU-specific code (OpenVINO compiles it for the CPU when it loads, and caches
+that per CPU): its key is what it was made from. What the CPU's vector units make of it is the
+measurement's business, whose key (`candidate_key`) names them (`openvino_isa`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kiln.api.keys import cache_key
+from kiln.api.spec import Precision
+from kiln.builder.candidates import CandidatePlan
+from kiln.builder.context import BuildContext
+from kiln.builder.prepare import ModelArtifact, Prepared, quantizer_feeds
+from kiln.runtime.base import Feeds
+from kiln.runtime.cpu_isa import cpu_flags
+from kiln.runtime.ov_runner import weights_of
+
+IR_FILE = "model.xml"
+# Ops whose presence makes NNCF's transformer scheme the right one: it keeps the attention's
+# softmax path and layer norms in floating point, where INT8 hurts accuracy most.
+_ATTENTION_OPS = frozenset({"Softmax"})
+# The /proc/cpuinfo flags OpenVINO's CPU plugin picks kernels by.
+_VECTOR_FLAGS = (
+    "avx2",
+    "avx_vnni",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+def openvino_isa(flags: frozenset[str] | None = None) -> str:
+    """The vector instruction sets OpenVINO's kernels use on this CPU, e.g.
+    `avx2 avx512_bf16 avx512_vnni avx512f`; `unknown` where /proc/cpuinfo cannot be read."""
+    found = cpu_flags() if flags is None else flags
+    if found is None:
+        return "unknown"
+    return " ".join(sorted(f for f in _VECTOR_FLAGS if f in found)) or "none"
+
+
+def ir_precision(precision: Precision) -> Precision:
+    """What the IR holds: bf16 is the FP32 IR compiled with a bf16 hint, so the two share it."""
+    return Precision.FP32 if precision is Precision.BF16 else precision
+
+
+def ir_key(plan: CandidatePlan, prepared: Prepared) -> str:
+    """Everything the IR depends on: the ONNX model, OpenVINO's (and for INT8 NNCF's)
+    version, and for INT8 the samples calibrated on."""
+    import importlib.metadata
+
+    settings: dict[str, Any] = {"precision": ir_precision(plan.precision).value}
+    if plan.precision is Precision.INT8:
+        calibration, quantizer = prepared.calibration, prepared.quantizer
+        settings |= {
+            "nncf": importlib.metadata.version("nncf"),
+            "calibration": calibration.digest if calibration else None,
+            "samples": quantizer.calibrate if quantizer else None,
+            "heldOut": list(quantizer.held_out) if quantizer else None,
+            "scheme": "nncf.quantize defaults, transformer scheme where attention",
+        }
+    return cache_key(
+        "openvino",
+        onnx=prepared.onnx.key,
+        openvino=importlib.metadata.version("openvino"),
+        settings=settings,
+    )
+
+
+def openvino_ir(ctx: BuildContext, plan: CandidatePlan, prepared: Prepared) -> ModelArtifact:
+    """The stored IR for this candidate, or a new one converted (and quantized) and published:
+    weights first, the manifest last. INT8 needs `prepared.quantizer` (a calibration set)."""
+    key = ir_key(plan, prepared)
+    uri = ctx.artifacts.location(key, IR_FILE).uri
+    weights = weights_of(Path(IR_FILE)).name
+    stored = None if ctx.force else ctx.artifacts.manifest(key)
+    if stored is not None:
+        xml = ctx.artifacts.fetch(key, IR_FILE)
+        ctx.artifacts.fetch(key, weights)  # beside it: the runner reads both
+        return ModelArtifact(key, xml, uri, True, stored.get("meta") or {})
+    work = ctx.work_dir / key
+    work.mkdir(parents=True, exist_ok=True)
+    xml = work / IR_FILE
+    meta = _convert(ctx, plan, prepared, xml)
+    ctx.artifacts.publish(key, {IR_FILE: xml, weights: weights_of(xml)}, meta)
+    return ModelArtifact(key, xml, uri, False, meta)
+
+
+def _convert(
+    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, xml: Path
+) -> dict[str, Any]:
+    import openvino as ov
+
+    model = ov.convert_model(str(prepared.onnx.path))
+    meta: dict[str, Any] = {"stage": "openvino", "precision": ir_precision(plan.precision).value}
+    if plan.precision is Precision.INT8:
+        model, meta["scope"] = _quantize(model, prepared, ctx)
+    # Weights stay FP32: compressing them to FP16 (the converter's default) would change what
+    # an FP32 candidate computes.
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return meta
+
+
+class _Samples:
+    """NNCF reads the dataset once per algorithm (statistics, then bias correction): each pass
+    streams the calibration set again instead of holding it in memory."""
+
+    def __init__(self, ctx: BuildContext, prepared: Prepared) -> None:
+        self.ctx, self.prepared = ctx, prepared
+
+    def __iter__(self) -> Iterator[Feeds]:
+        return quantizer_feeds(self.ctx.spec, self.prepared)
+
+
+def _quantize(model: Any, prepared: Prepared, ctx: BuildContext) -> tuple[Any, str]:
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)  # its progress bars go to the build log, its notes not
+    transformer = any(op.get_type_name() in _ATTENTION_OPS for op in model.get_ordered_ops())
+    options: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    assert prepared.quantizer is not None
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(_Samples(ctx, prepared)),
+        subset_size=prepared.quantizer.calibrate,
+        target_device=nncf.TargetDevice.CPU,
+        **options,
+    )
+    scheme = "NNCF post-training, transformer scheme" if transformer else "NNCF post-training"
+    return quantized, f"{scheme}, {prepared.quantizer.calibrate} samples"
