@@ -170,9 +170,8 @@ def main() -> int:
 
 
 def backends(wanted: list[Backend], torch_compile: bool) -> list[Backend]:
-    """The spec's backends with AOTInductor and OpenVINO always, torch.compile only when
-    asked."""
-    chosen = {*wanted, Backend.AOTINDUCTOR, Backend.OPENVINO} - (
+    """The spec's backends with AOTInductor always, torch.compile only when asked."""
+    chosen = {*wanted, Backend.AOTINDUCTOR} - (
         {Backend.TORCH_COMPILE} if not torch_compile else set()
     )
     if torch_compile:
