@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime
 import pytest
@@ -23,7 +22,7 @@ from typer.testing import CliRunner
 from kiln.cli.main import app
 from kiln.storage.objects import parse_uri
 from tests.conftest import FAST_BENCHMARK
-from tests.integration.test_serve import KILN, start
+from tests.integration.test_serve import KILN, served
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,15 +116,20 @@ def feeds(length: int) -> dict[str, np.ndarray]:
     }
 
 
+def bert_spec(root: Path, **spec: Any) -> Path:
+    """The BERT factory of `write_example` with its three integer inputs; `spec` adds the
+    rest."""
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    source = {"uri": "weights.pt", "factory": "hf_models:build"}
+    return write_spec(root, source=source, inputs=[text_input(n) for n in names], **spec)
+
+
 def test_a_bert_factory_with_token_types_builds_int8_and_serves_each_output_by_name(
     tmp_path: Path,
 ) -> None:
     write_example(tmp_path)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    spec = write_spec(
+    spec = bert_spec(
         tmp_path,
-        source={"uri": "weights.pt", "factory": "hf_models:build"},
-        inputs=[text_input(n) for n in names],
         backends=["pytorch", "onnxruntime", "aotinductor"],
         precisions=["fp32", "int8"],
         calibration={"uri": "calibration", "samples": 32},  # entropy, the default
@@ -147,24 +151,10 @@ def test_a_bert_factory_with_token_types_builds_int8_and_serves_each_output_by_n
     for name in OUTPUTS:
         np.testing.assert_allclose(got[name], want[name].numpy(), rtol=1e-4, atol=1e-5)
 
-    process, url = start(out, "--name", "bert")
-    try:
-        body = {
-            "inputs": [
-                {"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
-                for n, a in given.items()
-            ]
-        }
-        response = httpx.post(f"{url}/v2/models/bert/infer", json=body, timeout=30)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-    assert response.status_code == 200, response.text
-    served = {o["name"]: o for o in response.json()["outputs"]}
-    assert list(served) == OUTPUTS
+    answered = served(out, "bert", given)
+    assert list(answered) == OUTPUTS
     for name in OUTPUTS:
-        array = np.asarray(served[name]["data"], np.float32).reshape(served[name]["shape"])
-        np.testing.assert_allclose(array, want[name].numpy(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(answered[name], want[name].numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_a_bert_program_loads_with_its_imports_and_says_which_it_lacks(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -21,15 +20,15 @@ from kiln.storage.objects import parse_uri
 from tests.conftest import FAST_BENCHMARK
 from tests.integration.test_hf_models import (
     OUTPUTS,
+    bert_spec,
     build,
     cpu_target,
     feeds,
     kiln_optimize,
-    text_input,
     write_example,
     write_spec,
 )
-from tests.integration.test_serve import start
+from tests.integration.test_serve import served
 
 openvino = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -63,40 +62,10 @@ CONV_FACTORY = textwrap.dedent(
 )
 
 
-def served(out: Path, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each output `kiln serve` answers for `inputs`, by name."""
-    process, url = start(out, "--name", name)
-    datatype = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
-    body = {
-        "inputs": [
-            {
-                "name": n,
-                "shape": list(a.shape),
-                "datatype": datatype[a.dtype],
-                "data": a.ravel().tolist(),
-            }
-            for n, a in inputs.items()
-        ]
-    }
-    try:
-        response = httpx.post(f"{url}/v2/models/{name}/infer", json=body, timeout=60)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-    assert response.status_code == 200, response.text
-    return {
-        o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
-        for o in response.json()["outputs"]
-    }
-
-
 def test_a_bert_encoder_runs_and_serves_as_an_fp32_openvino_ir(tmp_path: Path) -> None:
     write_example(tmp_path)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    spec = write_spec(
+    spec = bert_spec(
         tmp_path,
-        source={"uri": "weights.pt", "factory": "hf_models:build"},
-        inputs=[text_input(n) for n in names],
         backends=["pytorch", "openvino"],
         precisions=["fp32"],
         accuracy={"samples": 8, "uri": "calibration"},  # the model's own token ids

@@ -82,6 +82,34 @@ def start(
     raise AssertionError("server did not become ready")
 
 
+def served(out: Path, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each output `kiln serve --from out` answers for `inputs` over REST JSON, by name, in
+    the order it answers them."""
+    process, url = start(out, "--name", name)
+    datatype = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+    body = {
+        "inputs": [
+            {
+                "name": n,
+                "shape": list(a.shape),
+                "datatype": datatype[a.dtype],
+                "data": a.ravel().tolist(),
+            }
+            for n, a in inputs.items()
+        ]
+    }
+    try:
+        response = httpx.post(f"{url}/v2/models/{name}/infer", json=body, timeout=60)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
+        for o in response.json()["outputs"]
+    }
+
+
 @pytest.fixture(scope="module")
 def optimized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     example = make_tiny_example(tmp_path_factory.mktemp("serve"))

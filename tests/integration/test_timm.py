@@ -10,13 +10,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import torch
 
 from tests.integration.test_hf_models import cpu_target, kiln_optimize, write_spec
-from tests.integration.test_serve import start
+from tests.integration.test_serve import served
 
 timm = pytest.importorskip("timm")
 
@@ -55,26 +54,9 @@ def write_example(root: Path) -> dict[str, Any]:
 
 
 def served_logits(out: Path, name: str, batch: np.ndarray) -> np.ndarray:
-    process, url = start(out, "--name", name)
-    try:
-        body = {
-            "inputs": [
-                {
-                    "name": "x",
-                    "shape": list(batch.shape),
-                    "datatype": "FP32",
-                    "data": batch.ravel().tolist(),
-                }
-            ]
-        }
-        response = httpx.post(f"{url}/v2/models/{name}/infer", json=body, timeout=60)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-    assert response.status_code == 200, response.text
-    (logits,) = response.json()["outputs"]
-    assert logits["name"] == "logits"
-    return np.asarray(logits["data"], np.float32).reshape(logits["shape"])
+    answered = served(out, name, {"x": batch})
+    assert list(answered) == ["logits"]
+    return answered["logits"]
 
 
 def test_a_timm_vit_factory_builds_int8_and_serves_the_packages_answers(tmp_path: Path) -> None:

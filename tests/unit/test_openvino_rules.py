@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.builder.openvino import openvino_isa
+from kiln.runtime.cpu_isa import openvino_isa
 from kiln.runtime.ov_runner import InferencePrecision, compile_config, weights_of
 from kiln.serve.loading import companions
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +22,14 @@ from kiln.api.keys import cache_key
 from kiln.api.spec import Precision
 from kiln.builder.candidates import CandidatePlan
 from kiln.builder.context import BuildContext
-from kiln.builder.prepare import ModelArtifact, Prepared, quantizer_feeds
+from kiln.builder.prepare import ModelArtifact, Prepared, model_artifact, quantizer_feeds
 from kiln.runtime.base import Feeds
-from kiln.runtime.cpu_isa import cpu_flags
 from kiln.runtime.ov_runner import weights_of
 
 IR_FILE = "model.xml"
 # Ops whose presence makes NNCF's transformer scheme the right one: it keeps the attention's
 # softmax path and layer norms in floating point, where INT8 hurts accuracy most.
 _ATTENTION_OPS = frozenset({"Softmax"})
-# The /proc/cpuinfo flags OpenVINO's CPU plugin picks kernels by.
-_VECTOR_FLAGS = (
-    "avx2",
-    "avx_vnni",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-)
-
-
-def openvino_isa(flags: frozenset[str] | None = None) -> str:
-    """The vector instruction sets OpenVINO's kernels use on this CPU, e.g.
-    `avx2 avx512_bf16 avx512_vnni avx512f`; `unknown` where /proc/cpuinfo cannot be read."""
-    found = cpu_flags() if flags is None else flags
-    if found is None:
-        return "unknown"
-    return " ".join(sorted(f for f in _VECTOR_FLAGS if f in found)) or "none"
 
 
 def ir_precision(precision: Precision) -> Precision:
@@ -84,35 +63,23 @@ def ir_key(plan: CandidatePlan, prepared: Prepared) -> str:
 def openvino_ir(ctx: BuildContext, plan: CandidatePlan, prepared: Prepared) -> ModelArtifact:
     """The stored IR for this candidate, or a new one converted (and quantized) and published:
     weights first, the manifest last. INT8 needs `prepared.quantizer` (a calibration set)."""
-    key = ir_key(plan, prepared)
-    uri = ctx.artifacts.location(key, IR_FILE).uri
+    meta: dict[str, Any] = {"stage": "openvino", "precision": ir_precision(plan.precision).value}
     weights = weights_of(Path(IR_FILE)).name
-    stored = None if ctx.force else ctx.artifacts.manifest(key)
-    if stored is not None:
-        xml = ctx.artifacts.fetch(key, IR_FILE)
-        ctx.artifacts.fetch(key, weights)  # beside it: the runner reads both
-        return ModelArtifact(key, xml, uri, True, stored.get("meta") or {})
-    work = ctx.work_dir / key
-    work.mkdir(parents=True, exist_ok=True)
-    xml = work / IR_FILE
-    meta = _convert(ctx, plan, prepared, xml)
-    ctx.artifacts.publish(key, {IR_FILE: xml, weights: weights_of(xml)}, meta)
-    return ModelArtifact(key, xml, uri, False, meta)
+    build = partial(_convert, ctx, plan, prepared, meta=meta)  # build(xml) writes the IR
+    return model_artifact(ctx, None, ir_key(plan, prepared), build, meta, IR_FILE, (weights,))
 
 
 def _convert(
-    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, xml: Path
-) -> dict[str, Any]:
+    ctx: BuildContext, plan: CandidatePlan, prepared: Prepared, xml: Path, meta: dict[str, Any]
+) -> None:
     import openvino as ov
 
     model = ov.convert_model(str(prepared.onnx.path))
-    meta: dict[str, Any] = {"stage": "openvino", "precision": ir_precision(plan.precision).value}
     if plan.precision is Precision.INT8:
         model, meta["scope"] = _quantize(model, prepared, ctx)
     # Weights stay FP32: compressing them to FP16 (the converter's default) would change what
     # an FP32 candidate computes.
     ov.save_model(model, str(xml), compress_to_fp16=False)
-    return meta
 
 
 class _Samples:

@@ -78,21 +78,33 @@ def _ort_version() -> str:
     return str(onnxruntime.__version__)
 
 
-def _model_artifact(
-    ctx: BuildContext, stage: StageResult, key: str, build: Any, meta: dict[str, Any]
+def model_artifact(
+    ctx: BuildContext,
+    stage: StageResult | None,
+    key: str,
+    build: Any,
+    meta: dict[str, Any],
+    name: str = MODEL_FILE,
+    companions: tuple[str, ...] = (),
 ) -> ModelArtifact:
-    """Reuse `key` from storage when complete, else build it locally and publish it."""
+    """Reuse `key` from storage when complete, else build it locally and publish it (the
+    manifest last). `build(out)` writes `name` and the `companions` beside it (an IR's
+    weights), and may add to `meta` before it is published."""
+    uri = ctx.artifacts.location(key, name).uri
     stored = None if ctx.force else ctx.artifacts.manifest(key)
     if stored is not None:
-        stage.cached = True
-        path = ctx.artifacts.fetch(key, MODEL_FILE)
-        uri = ctx.artifacts.location(key, MODEL_FILE).uri
+        if stage is not None:
+            stage.cached = True
+        for other in companions:
+            ctx.artifacts.fetch(key, other)  # beside it: what is loaded with it
+        path = ctx.artifacts.fetch(key, name)
         return ModelArtifact(key, path, uri, True, stored.get("meta") or {})
-    out = ctx.work_dir / key / MODEL_FILE
+    out = ctx.work_dir / key / name
     out.parent.mkdir(parents=True, exist_ok=True)
     build(out)
-    ctx.artifacts.publish(key, {MODEL_FILE: out}, meta)
-    return ModelArtifact(key, out, ctx.artifacts.location(key, MODEL_FILE).uri, False, meta)
+    files = {name: out} | {other: out.parent / other for other in companions}
+    ctx.artifacts.publish(key, files, meta)
+    return ModelArtifact(key, out, uri, False, meta)
 
 
 def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
@@ -141,7 +153,7 @@ def prepare(ctx: BuildContext, want_fp16: bool) -> Prepared:
             check_onnx_signature(load_onnx(out, "exported model"), spec)
             _check_parity(ctx, out, samples, references, st)
 
-        onnx_model = _model_artifact(
+        onnx_model = model_artifact(
             ctx, st, key, build_onnx, {"stage": "export", "source": source.uri, **settings}
         )
     stages.append(st)
@@ -247,7 +259,7 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
             )
 
         try:
-            prepared.qdq = _model_artifact(ctx, st, key, build, meta)
+            prepared.qdq = model_artifact(ctx, st, key, build, meta)
         except KilnError:  # bad input or a storage outage: not a quantization result
             raise
         except Exception as exc:  # INT8 candidates fail with this reason; others go on
@@ -276,7 +288,7 @@ def _fp16(ctx: BuildContext, prepared: Prepared) -> None:
     key = cache_key("fp16", onnx=prepared.onnx.key, onnxruntime=_ort_version())
     with ctx.reporter.step("convert to FP16 ONNX"), timed(StageResult("fp16")) as st:
         try:
-            prepared.fp16 = _model_artifact(
+            prepared.fp16 = model_artifact(
                 ctx, st, key, lambda out: convert_fp16(prepared.onnx.path, out), {"stage": "fp16"}
             )
         except Exception as exc:

@@ -22,10 +22,11 @@ from kiln.builder.context import BuildContext
 from kiln.builder.engines import build_candidate, error_text, model_for
 from kiln.builder.environment import Capabilities, TargetPlan, environment
 from kiln.builder.feeds import fit_lengths, stack
-from kiln.builder.openvino import ir_key, openvino_isa
+from kiln.builder.openvino import ir_key
 from kiln.builder.prepare import Prepared
 from kiln.builder.verify import blind_gates, compare
 from kiln.runtime.base import Runner, infer
+from kiln.runtime.cpu_isa import cpu_flags, openvino_isa
 from kiln.runtime.threads import apply_torch_threads, available_threads
 
 
@@ -42,7 +43,7 @@ def candidate_key(
         threads = env.cpu_threads or 1
         built_from = package_key(spec, plan, prepared, env.device_type, threads)
     if plan.backend is Backend.OPENVINO and plan.skip is None:
-        built_from, isa = ir_key(plan, prepared), openvino_isa()
+        built_from, isa = ir_key(plan, prepared), openvino_isa(cpu_flags())
     return cache_key(
         "cand",
         name=plan.name,

@@ -61,6 +61,28 @@ def build_isa() -> str:
     return str(pick_vec_isa()).upper()
 
 
+# The /proc/cpuinfo flags OpenVINO's CPU plugin picks kernels by.
+_OPENVINO_FLAGS = (
+    "avx2",
+    "avx_vnni",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+def openvino_isa(flags: frozenset[str] | None) -> str:
+    """The vector instruction sets OpenVINO's kernels use on a CPU with `flags`, e.g.
+    `avx2 avx512_bf16 avx512_vnni avx512f`; `unknown` where /proc/cpuinfo cannot be read."""
+    if flags is None:
+        return "unknown"
+    return " ".join(sorted(f for f in _OPENVINO_FLAGS if f in flags)) or "none"
+
+
 def bf16_units(flags: frozenset[str] | None) -> str | None:
     """The units that compute bf16 natively on this CPU (`AMX-BF16`, `AVX512-BF16`), or None:
     without them bf16 is converted to and from float32 around every op, slower than FP32."""

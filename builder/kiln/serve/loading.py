@@ -112,7 +112,9 @@ def from_result(
 
 def companions(name: str) -> list[str]:
     """Files an artifact is loaded with: an OpenVINO IR's weights beside its `.xml`."""
-    return [name.removesuffix(".xml") + ".bin"] if name.endswith(".xml") else []
+    from kiln.runtime.ov_runner import weights_of
+
+    return [weights_of(Path(name)).name] if name.endswith(".xml") else []
 
 
 def fetch_artifact(storage: Storage, uri: str, cache_dir: Path) -> Path:

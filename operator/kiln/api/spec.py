@@ -73,7 +73,7 @@ DEFAULT_BACKENDS: tuple[Backend, ...] = tuple(b for b in Backend if b is not Bac
 class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
-    # bfloat16: float32's range with 8 bits of mantissa; no overflow where FP16 overflows, and
+    # bfloat16: float32's range with 7 stored mantissa bits; no overflow where FP16 overflows, and
     # fast where the hardware has it (AVX512-BF16 and AMX CPUs, NVIDIA from Ampere on).
     BF16 = "bf16"
     INT8 = "int8"
