@@ -4,12 +4,14 @@ weights: `input_features [N, 80, 3000]`, 4 layers, width 384, 6 heads) at each s
 each run in a process of its own, its peak resident set read from the kernel
 (`ru_maxrss` of the finished child).
 
-    .venv/bin/python benchmarks/calibration_memory.py [--samples 8 32] [--method entropy]
+    .venv/bin/python benchmarks/calibration_memory.py [--samples 8 32]
+        [--quantizer nncf|onnxruntime] [--method entropy|minmax|percentile]
         [--frames 3000] [--keep DIR]
 
-Calibration memory is bounded by a chunk of samples (kiln.builder.quantize: as many as fit
-512 MiB of activations, one sample of this encoder alone), so the peak should not grow with
-the count. Memory is not disturbed by other processes the way a timing is, but the runs are
+Calibration memory is bounded by a chunk of samples (ONNX Runtime's quantizer,
+kiln.builder.quantize: as many as fit 512 MiB of activations, one sample of this encoder
+alone) or by one sample (NNCF reads one at a time), so the peak should not grow with the
+count. Memory is not disturbed by other processes the way a timing is, but the runs are
 long (each sample is a forward pass and a histogram of every activation): on a 2-core machine
 a 512-sample run takes tens of minutes.
 """
@@ -57,7 +59,7 @@ FACTORY = textwrap.dedent(
 )
 
 
-def write_example(root: Path, samples: int, frames: int, method: str) -> Path:
+def write_example(root: Path, samples: int, frames: int, calibration: dict[str, str]) -> Path:
     (root / "whisper_like.py").write_text(f"FRAMES = {frames}\n" + FACTORY)
     sys.path.insert(0, str(root))
     from whisper_like import build  # type: ignore[import-not-found]
@@ -80,7 +82,7 @@ def write_example(root: Path, samples: int, frames: int, method: str) -> Path:
             "batchSizes": [1],
             "backends": ["pytorch", "onnxruntime"],
             "precisions": ["int8"],
-            "calibration": {"uri": "calibration", "samples": samples, "method": method},
+            "calibration": {"uri": "calibration", "samples": samples, **calibration},
             "accuracy": {"samples": 2, "holdout": 2},
             "benchmark": {
                 "warmupIterations": 1,
@@ -114,16 +116,21 @@ def peak_rss_gib(spec: Path, out: Path) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--method", default="entropy", choices=["entropy", "minmax", "percentile"])
+    parser.add_argument("--quantizer", default="nncf", choices=["nncf", "onnxruntime"])
+    parser.add_argument("--method", default=None, choices=["entropy", "minmax", "percentile"])
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--keep", type=Path, default=None)
     args = parser.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="kiln-calibration-memory-"))
+    print(f"{args.quantizer}, {args.method or 'its own calibrator'}")
     print(f"{'samples':>8} {'peak RSS GiB':>13} {'exit':>5}")
     for count in sorted(args.samples):
         root = base / f"samples-{count}"
         root.mkdir(parents=True)
-        spec = write_example(root, count, args.frames, args.method)
+        calibration = {"quantizer": args.quantizer}
+        if args.method is not None:  # else the quantizer's own calibrator
+            calibration["method"] = args.method
+        spec = write_example(root, count, args.frames, calibration)
         peak, code = peak_rss_gib(spec, root / "out")
         print(f"{count:>8} {peak:>13.2f} {code:>5}", flush=True)
 

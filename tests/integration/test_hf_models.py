@@ -1,8 +1,8 @@
 """A Hugging Face encoder as users bring one, with the real `transformers` package (built from a
 config with random weights: nothing is downloaded): a factory source with three integer inputs
 (`token_type_ids` has a vocabulary of 2) and a `ModelOutput`, the spec listing its outputs in
-another order than the model returns them; INT8 with the default (entropy) calibration; and
-the same model as a `.pt2` program, which loads only with `source.imports`."""
+another order than the model returns them; INT8 with the default quantizer (NNCF's transformer
+scheme); and the same model as a `.pt2` program, which loads only with `source.imports`."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def test_a_bert_factory_with_token_types_builds_int8_and_serves_each_output_by_n
         tmp_path,
         backends=["pytorch", "onnxruntime", "aotinductor"],
         precisions=["fp32", "int8"],
-        calibration={"uri": "calibration", "samples": 32},  # entropy, the default
+        calibration={"uri": "calibration", "samples": 32},  # NNCF, the default
     )
     out = tmp_path / "out"
     result = optimize(spec, out)

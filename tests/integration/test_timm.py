@@ -1,6 +1,6 @@
 """timm classifiers as users bring them, with the real `timm` package (built from its registry
 with random weights: nothing is downloaded): a vision transformer as a factory source with
-INT8 from the default (entropy) calibration, and a ConvNeXt exported by the user to a `.pt2`
+INT8 from the default quantizer (NNCF), and a ConvNeXt exported by the user to a `.pt2`
 program with a dynamic batch. `kiln optimize` builds each and `kiln serve` answers with what
 the package's own model answers."""
 
@@ -70,7 +70,7 @@ def test_a_timm_vit_factory_builds_int8_and_serves_the_packages_answers(tmp_path
         outputs=["logits"],
         backends=["pytorch", "onnxruntime", "aotinductor"],
         precisions=["fp32", "int8"],
-        calibration={"uri": "calibration", "samples": 32},  # entropy, the default
+        calibration={"uri": "calibration", "samples": 32},  # NNCF, the default
     )
     out = tmp_path / "out"
     done = kiln_optimize(spec, out)

@@ -237,7 +237,8 @@ def test_the_quantizer_never_reads_a_held_out_sample(
         read.append(ids(list(samples())))  # a fresh pass over the set per call
         out.write_bytes(b"qdq")
 
-    monkeypatch.setattr(prepare, "quantize_qdq", fake_quantize)
+    monkeypatch.setattr(prepare, "quantize_qdq", fake_quantize)  # ONNX Runtime's
+    monkeypatch.setattr(prepare, "quantize_qdq_nncf", fake_quantize)  # NNCF's, the default
     write_set(tmp_path / "cal", 32)
     (tmp_path / "m.onnx").write_bytes(b"onnx")
     onnx = prepare.ModelArtifact("onnx-0", tmp_path / "m.onnx", "file:///m.onnx", False)

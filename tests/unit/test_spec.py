@@ -7,7 +7,7 @@ import pytest
 
 from kiln.api.errors import KilnInputError
 from kiln.api.load import load_file, parse_document
-from kiln.api.spec import Objective, Precision, SourceFormat
+from kiln.api.spec import Objective, Precision, Quantizer, SourceFormat
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "lipsync" / "optimizedmodel.yaml"
 
@@ -51,7 +51,32 @@ def test_calibration_default_sample_count_is_512() -> None:
     model = parse_document(doc(precisions=["int8"], calibration={"uri": "s3://b/cal"}), "spec.yaml")
     assert model.spec.calibration is not None
     assert model.spec.calibration.samples == 512
-    assert model.spec.calibration.method.value == "entropy"
+    assert model.spec.calibration.method is None
+    assert model.spec.calibration.quantizer_used() is Quantizer.NNCF
+    assert model.spec.calibration.method_label() == "NNCF defaults"
+
+
+@pytest.mark.parametrize(
+    ("calibration", "quantizer", "label"),
+    [
+        ({}, Quantizer.NNCF, "NNCF defaults"),
+        ({"method": "minmax"}, Quantizer.NNCF, "minmax"),
+        ({"method": "percentile"}, Quantizer.NNCF, "percentile"),
+        # Only ONNX Runtime has the entropy calibrator: naming it picks that quantizer, so a
+        # spec written before NNCF was Kiln's default means what it meant.
+        ({"method": "entropy"}, Quantizer.ONNXRUNTIME, "entropy"),
+        ({"quantizer": "onnxruntime"}, Quantizer.ONNXRUNTIME, "entropy"),
+        ({"quantizer": "onnxruntime", "method": "minmax"}, Quantizer.ONNXRUNTIME, "minmax"),
+    ],
+)
+def test_the_quantizer_follows_the_calibrator(
+    calibration: dict[str, Any], quantizer: Quantizer, label: str
+) -> None:
+    cal = {"uri": "s3://b/cal", **calibration}
+    model = parse_document(doc(precisions=["int8"], calibration=cal), "spec.yaml")
+    assert model.spec.calibration is not None
+    assert model.spec.calibration.quantizer_used() is quantizer
+    assert model.spec.calibration.method_label() == label
 
 
 def test_wire_form_is_camel_case_and_round_trips() -> None:
@@ -116,6 +141,11 @@ def test_wire_form_is_camel_case_and_round_trips() -> None:
         ),
         ({"accuracy": {"holdout": -1}}, "spec.accuracy.holdout: Input should be greater"),
         ({"accuracy": {"uri": ""}}, "spec.accuracy.uri: String should have at least 1"),
+        (
+            {"calibration": {"uri": "s3://b/c", "quantizer": "nncf", "method": "entropy"}},
+            "spec.calibration.method: entropy is ONNX Runtime's calibrator, which NNCF does not",
+        ),
+        ({"calibration": {"uri": "s3://b/c", "quantizer": "ort"}}, "spec.calibration.quantizer"),
     ],
 )
 def test_bad_specs_name_the_field(change: dict[str, Any], expected: str) -> None:

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from kiln.runtime.threads import available_threads, cpu_quota, parse_cfs, parse_cpu_max
+from kiln.runtime.threads import (
+    available_threads,
+    cpu_quota,
+    parse_cfs,
+    parse_cpu_max,
+    schedulers,
+)
 
 
 def test_parse_cgroup_quotas() -> None:
@@ -52,3 +58,10 @@ def test_cgroup_v1_and_the_spec_override(tmp_path: Path) -> None:
 
 def test_garbage_in_the_quota_file_is_no_quota(tmp_path: Path) -> None:
     assert cpu_quota(cgroup_v2(tmp_path, "lots 100000")) is None
+
+
+def test_the_status_says_how_each_runtime_waits() -> None:
+    default = schedulers({})
+    assert "OpenMP, waits spinning (libgomp's default)" in default
+    assert "OpenVINO: TBB, 1 stream, threads unpinned" in default
+    assert "OMP_WAIT_POLICY=PASSIVE" in schedulers({"OMP_WAIT_POLICY": " passive "})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from kiln.api.spec import Targets
 from kiln.api.status import Environment
 from kiln.runtime.cpu_isa import bf16_units, cpu_flags
 from kiln.runtime.devices import local_gpu, local_gpu_capability
-from kiln.runtime.threads import ThreadBudget
+from kiln.runtime.threads import ThreadBudget, schedulers
 
 
 def _version(package: str) -> str | None:
@@ -34,7 +35,7 @@ class Capabilities:
     cpp_compiler: bool = True
     openvino: str | None = None  # the runtime's version, where it imports
     openvino_reason: str = ""
-    nncf: str | None = None  # OpenVINO's quantizer, which its INT8 candidates need
+    nncf: str | None = None  # the Q/DQ model's quantizer, and OpenVINO's
     cpu_bf16: str | None = None  # the CPU's native bf16 units (AMX-BF16, AVX512-BF16)
     cuda_capability: tuple[int, int] | None = None  # GPU 0's compute capability
 
@@ -121,11 +122,12 @@ def environment(target: TargetPlan, caps: Capabilities, threads: ThreadBudget) -
         onnx=_version("onnx"),
         onnxruntime=_version("onnxruntime") or _version("onnxruntime-gpu"),
         openvino=caps.openvino if target.device == "cpu" else None,
-        nncf=caps.nncf if target.device == "cpu" else None,
+        nncf=caps.nncf,  # it makes the Q/DQ model every target's INT8 builds from
         tensorrt=caps.tensorrt if target.device == "cuda" else None,
         cuda=torch.version.cuda if target.device == "cuda" else None,
         cpu_threads=threads.count,
         threads_source=threads.source,
+        schedulers=schedulers(os.environ) if target.device == "cpu" else None,
         builder=BUILDER_VERSION,
     )
 

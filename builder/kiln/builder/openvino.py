@@ -12,24 +12,19 @@ measurement's business, whose key (`candidate_key`) names them (`openvino_isa`).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from kiln.api.keys import cache_key
-from kiln.api.spec import Precision
+from kiln.api.spec import OptimizedModelSpec, Precision
 from kiln.builder.candidates import CandidatePlan
 from kiln.builder.context import BuildContext
+from kiln.builder.nncf_quantize import has_attention, quantize_nncf, ranges_label, scheme
 from kiln.builder.prepare import ModelArtifact, Prepared, model_artifact, quantizer_feeds
-from kiln.runtime.base import Feeds
 from kiln.runtime.ov_runner import weights_of
 
 IR_FILE = "model.xml"
-# Ops whose presence makes NNCF's transformer scheme the right one: it keeps the attention's
-# softmax path and layer norms in floating point, where INT8 hurts accuracy most.
-_ATTENTION_OPS = frozenset({"Softmax"})
 
 
 def ir_precision(precision: Precision) -> Precision:
@@ -37,7 +32,7 @@ def ir_precision(precision: Precision) -> Precision:
     return Precision.FP32 if precision is Precision.BF16 else precision
 
 
-def ir_key(plan: CandidatePlan, prepared: Prepared) -> str:
+def ir_key(spec: OptimizedModelSpec, plan: CandidatePlan, prepared: Prepared) -> str:
     """Everything the IR depends on: the ONNX model, OpenVINO's (and for INT8 NNCF's)
     version, and for INT8 the samples calibrated on."""
     import importlib.metadata
@@ -50,7 +45,9 @@ def ir_key(plan: CandidatePlan, prepared: Prepared) -> str:
             "calibration": calibration.digest if calibration else None,
             "samples": quantizer.calibrate if quantizer else None,
             "heldOut": list(quantizer.held_out) if quantizer else None,
-            "scheme": "nncf.quantize defaults, transformer scheme where attention",
+            "scheme": "nncf.quantize, transformer scheme where attention",
+            "ranges": ranges_label(spec.calibration) if spec.calibration else None,
+            "percentile": spec.calibration.percentile if spec.calibration else None,
         }
     return cache_key(
         "openvino",
@@ -66,7 +63,8 @@ def openvino_ir(ctx: BuildContext, plan: CandidatePlan, prepared: Prepared) -> M
     meta: dict[str, Any] = {"stage": "openvino", "precision": ir_precision(plan.precision).value}
     weights = weights_of(Path(IR_FILE)).name
     build = partial(_convert, ctx, plan, prepared, meta=meta)  # build(xml) writes the IR
-    return model_artifact(ctx, None, ir_key(plan, prepared), build, meta, IR_FILE, (weights,))
+    key = ir_key(ctx.spec, plan, prepared)
+    return model_artifact(ctx, None, key, build, meta, IR_FILE, (weights,))
 
 
 def _convert(
@@ -82,30 +80,12 @@ def _convert(
     ov.save_model(model, str(xml), compress_to_fp16=False)
 
 
-class _Samples:
-    """NNCF reads the dataset once per algorithm (statistics, then bias correction): each pass
-    streams the calibration set again instead of holding it in memory."""
-
-    def __init__(self, ctx: BuildContext, prepared: Prepared) -> None:
-        self.ctx, self.prepared = ctx, prepared
-
-    def __iter__(self) -> Iterator[Feeds]:
-        return quantizer_feeds(self.ctx.spec, self.prepared)
-
-
 def _quantize(model: Any, prepared: Prepared, ctx: BuildContext) -> tuple[Any, str]:
-    import nncf
-
-    nncf.set_log_level(logging.ERROR)  # its progress bars go to the build log, its notes not
-    transformer = any(op.get_type_name() in _ATTENTION_OPS for op in model.get_ordered_ops())
-    options: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
     assert prepared.quantizer is not None
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(_Samples(ctx, prepared)),
-        subset_size=prepared.quantizer.calibrate,
-        target_device=nncf.TargetDevice.CPU,
-        **options,
-    )
-    scheme = "NNCF post-training, transformer scheme" if transformer else "NNCF post-training"
-    return quantized, f"{scheme}, {prepared.quantizer.calibrate} samples"
+    assert ctx.spec.calibration is not None
+    cal, total = ctx.spec.calibration, prepared.quantizer.calibrate
+    attention = has_attention(op.get_type_name() for op in model.get_ordered_ops())
+    # NNCF's own preset (asymmetric activations for transformers): OpenVINO takes either form.
+    samples = partial(quantizer_feeds, ctx.spec, prepared)
+    quantized = quantize_nncf(model, samples, cal, total, None, symmetric=False, cpu=True)
+    return quantized, scheme(cal, attention, total)

@@ -17,7 +17,7 @@ import onnxruntime
 
 from kiln.api.errors import KilnError
 from kiln.api.keys import cache_key
-from kiln.api.spec import OptimizedModelSpec, Precision, SourceFormat
+from kiln.api.spec import CalibrationMethod, OptimizedModelSpec, Precision, Quantizer, SourceFormat
 from kiln.api.status import GateData, State
 from kiln.builder.calibration import SampleSet, fetch_calibration, fetch_validation, iter_samples
 from kiln.builder.context import BuildContext
@@ -26,6 +26,7 @@ from kiln.builder.feeds import fit_lengths
 from kiln.builder.fetch import FetchedSource, fetch_source
 from kiln.builder.fp16 import convert_fp16
 from kiln.builder.gate_samples import GateSet, Split, gate_set, plan
+from kiln.builder.nncf_quantize import quantize_qdq_nncf
 from kiln.builder.onnx_model import check_onnx_signature, fold_source_constants, load_onnx
 from kiln.builder.quantize import ACTIVATION_BUDGET, quantize_qdq
 from kiln.builder.stages import StageFailedError, StageResult, timed
@@ -65,7 +66,8 @@ class Prepared:
 
     @property
     def qdq_scope(self) -> str | None:
-        """What the Q/DQ model holds where it is not every op (quantize.NARROWED), else None."""
+        """What made the Q/DQ model (NNCF's scheme) and what it holds where it is not every
+        op (quantize.NARROWED); None for ONNX Runtime's on every op."""
         return self.qdq.meta.get("scope") if self.qdq else None
 
     @property
@@ -76,6 +78,17 @@ class Prepared:
 
 def _ort_version() -> str:
     return str(onnxruntime.__version__)
+
+
+def _quantizer_version(quantizer: Quantizer) -> str:
+    """What made the Q/DQ model, for its key. ONNX Runtime's histograms merged chunk by chunk
+    differ a little from one pass over the whole set, so the rule that sizes the chunks is
+    part of it; NNCF reads one sample at a time."""
+    if quantizer is Quantizer.NNCF:
+        import importlib.metadata
+
+        return f"nncf {importlib.metadata.version('nncf')}"
+    return f"onnxruntime, chunks by activation bytes, {ACTIVATION_BUDGET >> 20} MiB"
 
 
 def model_artifact(
@@ -224,16 +237,15 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
         samples=quantizer.calibrate,
         # The samples kept for the gates change what the quantizer reads.
         heldOut=list(quantizer.held_out),
-        method=cal.method.value,
+        quantizer=_quantizer_version(cal.quantizer_used()),
+        method=cal.method_label(),
         percentile=cal.percentile,
         onnxruntime=_ort_version(),
-        # Histograms merged chunk by chunk differ a little from one pass over the whole set:
-        # the rule that sizes the chunks is part of what made the model.
-        chunks=f"activation bytes, {ACTIVATION_BUDGET >> 20} MiB",
     )
+    label = f"{cal.quantizer_used().value}, {cal.method_label()}"
     with (
         ctx.reporter.step(
-            f"quantize to Q/DQ INT8 ({cal.method.value}, {quantizer.calibrate} samples)",
+            f"quantize to Q/DQ INT8 ({label}, {quantizer.calibrate} samples)",
             total=quantizer.calibrate,
         ) as step,
         timed(StageResult("quantize")) as st,
@@ -245,17 +257,20 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
         meta: dict[str, str | None] = {
             "stage": "quantize",
             "calibration": calibration.uri,
-            "method": cal.method.value,
+            "quantizer": cal.quantizer_used().value,
+            "method": cal.method_label(),
         }
 
         def build(out: Path) -> None:
+            feeds = lambda: quantizer_feeds(ctx.spec, prepared)  # noqa: E731
+            if cal.quantizer_used() is Quantizer.NNCF:
+                meta["scope"] = quantize_qdq_nncf(
+                    prepared.onnx.path, out, feeds, cal, quantizer.calibrate, step
+                )
+                return
+            method = cal.method or CalibrationMethod.ENTROPY
             meta["scope"] = quantize_qdq(
-                prepared.onnx.path,
-                out,
-                lambda: quantizer_feeds(ctx.spec, prepared),
-                cal.method,
-                cal.percentile,
-                step,
+                prepared.onnx.path, out, feeds, method, cal.percentile, step
             )
 
         try:
@@ -263,12 +278,21 @@ def _quantize(ctx: BuildContext, prepared: Prepared) -> None:
         except KilnError:  # bad input or a storage outage: not a quantization result
             raise
         except Exception as exc:  # INT8 candidates fail with this reason; others go on
-            st.state, st.reason = State.FAILED, f"quantization failed: {exc}"
+            st.state, st.reason = State.FAILED, _quantize_failure(exc)
             prepared.qdq_error = st.reason
         else:
             # A reused model says what it holds from its manifest, as a new one does.
             st.reason = prepared.qdq_scope
     prepared.stages.append(st)
+
+
+def _quantize_failure(exc: Exception) -> str:
+    if isinstance(exc, ImportError):  # an install without NNCF (it is in the builder extra)
+        return (
+            f"quantization failed: {exc.name or exc} is not installed (install Kiln's builder "
+            "extra, or set calibration.quantizer: onnxruntime)"
+        )
+    return f"quantization failed: {exc}"
 
 
 def quantizer_feeds(spec: OptimizedModelSpec, prepared: Prepared) -> Iterator[Feeds]:

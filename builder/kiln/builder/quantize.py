@@ -183,13 +183,18 @@ def infinite_scales(path: Path) -> list[str]:
     MinMax calibrates such an activation without complaint, to a scale whose answers are
     garbage."""
     graph = onnx.load(str(path), load_external_data=False).graph
+    # A scale is a Q/DQ node's second input, whatever the quantizer named it.
+    names = {n.input[1] for n in graph.node if n.op_type in _QDQ_OPS and len(n.input) > 1}
     out = []
     for init in graph.initializer:
-        if init.name.endswith("_scale"):
+        if init.name in names:
             scale = numpy_helper.to_array(init).astype(np.float64)
             if not np.all(np.isfinite(scale)) or np.any(np.abs(scale) > _EXTREME_SCALE):
                 out.append(init.name)
     return out
+
+
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 class _RankOneWeights(logging.Filter):

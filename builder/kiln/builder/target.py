@@ -43,7 +43,7 @@ def candidate_key(
         threads = env.cpu_threads or 1
         built_from = package_key(spec, plan, prepared, env.device_type, threads)
     if plan.backend is Backend.OPENVINO and plan.skip is None:
-        built_from, isa = ir_key(plan, prepared), openvino_isa(cpu_flags())
+        built_from, isa = ir_key(spec, plan, prepared), openvino_isa(cpu_flags())
     return cache_key(
         "cand",
         name=plan.name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +100,15 @@ def apply_torch_threads(count: int) -> None:
     torch.set_num_threads(count)
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(count)
+
+
+def schedulers(environ: Mapping[str, str]) -> str:
+    """How each CPU runtime's pool schedules and waits, in words for the status: what decides
+    how gracefully it shares a node with other work (benchmarks/shared_node.py measures each).
+    The OpenMP wait policy is read from the environment (the pod's), as libgomp reads it."""
+    policy = environ.get("OMP_WAIT_POLICY", "").strip().upper()
+    omp = f"OMP_WAIT_POLICY={policy}" if policy else "waits spinning (libgomp's default)"
+    return (
+        f"PyTorch and AOTInductor: OpenMP, {omp}; ONNX Runtime: its own intra-op pool, "
+        "spinning (its default), 1 inter-op thread; OpenVINO: TBB, 1 stream, threads unpinned"
+    )

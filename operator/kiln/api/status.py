@@ -238,6 +238,9 @@ class Environment(KilnModel):
     threads_source: str | None = Field(
         default=None, description="where the thread count came from (quota, affinity, spec)"
     )
+    schedulers: str | None = Field(
+        default=None, description="CPU targets: how each runtime's threads are scheduled and wait"
+    )
     builder: str
 
 
