@@ -16,7 +16,12 @@ from kiln.builder.benchmark import (
     speedup_ratios,
     window_size,
 )
-from kiln.builder.interference import disturbance, parse_some_total, pressure_percent
+from kiln.builder.interference import (
+    disturbance,
+    noise_margin,
+    parse_some_total,
+    pressure_percent,
+)
 from kiln.runtime.base import Runner
 
 
@@ -185,6 +190,30 @@ def test_cpu_pressure_and_a_varying_baseline_mark_the_numbers_disturbed() -> Non
     out = run(jumpy, [ScriptedRunner(jumpy, "base", 0.02), ScriptedRunner(jumpy, "ort", 0.02)])
     assert out["base"].disturbed is not None
     assert "baseline varied" in out["base"].disturbed
+    # Disturbed numbers carry the margin the selection discounts them by; clean ones none.
+    assert out["ort"].noise_margin is not None
+    assert out["ort"].noise_margin > 1.0
+    quiet = Machine()
+    calm = run(quiet, [ScriptedRunner(quiet, "base", 0.02), ScriptedRunner(quiet, "ort", 0.01)])
+    assert calm["ort"].disturbed is None
+    assert calm["ort"].noise_margin is None
+
+
+@pytest.mark.parametrize(
+    ("pressure", "spread", "margin"),
+    [
+        (None, None, 1.0),
+        (0.0, 11.0, 1.11),  # the baseline's spread alone
+        (50.0, 0.0, 2.0),  # half the time taken: up to twice as slow
+        (3.0, 11.0, 1.11 / 0.97),
+        (100.0, 0.0, 10.0),  # capped: nothing measured under full pressure promotes by 10x
+        (-1.0, -5.0, 1.0),  # counters that went backwards are no disturbance
+    ],
+)
+def test_the_noise_margin_bounds_what_a_disturbance_could_do(
+    pressure: float | None, spread: float | None, margin: float
+) -> None:
+    assert noise_margin(pressure, spread) == pytest.approx(margin)
 
 
 def test_window_size_fills_window_seconds() -> None:

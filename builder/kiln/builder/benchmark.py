@@ -19,7 +19,12 @@ from dataclasses import dataclass, field
 
 from kiln.api.spec import Benchmark
 from kiln.api.status import BatchBenchmark, Interval, Latency
-from kiln.builder.interference import cpu_pressure_total, disturbance, pressure_percent
+from kiln.builder.interference import (
+    cpu_pressure_total,
+    disturbance,
+    noise_margin,
+    pressure_percent,
+)
 from kiln.builder.stats import (
     MedianInterval,
     mean,
@@ -122,6 +127,7 @@ def summarize(
     converged: bool,
     rounds: Rounds,
     disturbed: str | None,
+    margin: float | None = None,
 ) -> BatchBenchmark:
     latencies = sorted(v for w in t.windows for v in w)
     avg = mean(latencies)
@@ -142,6 +148,7 @@ def summarize(
         iterations=len(latencies),
         converged=converged,
         disturbed=disturbed,
+        noise_margin=margin,
         cpu_pressure_percent=rounds.pressure_percent,
     )
 
@@ -162,17 +169,18 @@ def results(
         spread,
         settings.max_baseline_spread_percent,
     )
+    margin = round(noise_margin(rounds.pressure_percent, spread), 3) if disturbed else None
     out: dict[str, BatchBenchmark] = {}
     for name, t in rounds.timings.items():
         if not t.windows or t.failure is not None:
             continue
         if name == baseline:
             exact = MedianInterval(1.0, 1.0, 1.0, 1.0)
-            out[name] = summarize(t, batch, exact, rounds.converged, rounds, disturbed)
+            out[name] = summarize(t, batch, exact, rounds.converged, rounds, disturbed, margin)
             continue
         interval = speedup_interval(usable_base, t) if usable_base else None
         narrow = interval is not None and interval.narrow(settings.interval_percent)
-        out[name] = summarize(t, batch, interval, narrow, rounds, disturbed)
+        out[name] = summarize(t, batch, interval, narrow, rounds, disturbed, margin)
     return out
 
 

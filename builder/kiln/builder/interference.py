@@ -65,3 +65,18 @@ def disturbance(
             f"the baseline varied {baseline_spread:.0f}% between rounds (over {max_spread:g}%)"
         )
     return "; ".join(reasons) or None
+
+
+# Beyond this share of pressure no ratio means anything: the margin stops at 10x.
+_MAX_PRESSURE_SHARE = 0.9
+
+
+def noise_margin(pressure: float | None, baseline_spread: float | None) -> float:
+    """How far a disturbance could have moved a speedup measured in interleaved rounds, as a
+    factor: a competitor that took a share p of the CPU during a candidate's windows and none
+    of the baseline's slows it by up to 1 / (1 - p), and the baseline's own round-to-round
+    spread s moves each ratio by up to 1 + s. A disturbed measurement's interval is divided by
+    it before it may promote: disturbed, a 9.6x [8.9-10.0] still clears minSpeedup 1.05x by
+    far more than any such noise; a 1.2x does not."""
+    share = min(max(pressure or 0.0, 0.0) / 100.0, _MAX_PRESSURE_SHARE)
+    return (1.0 + max(baseline_spread or 0.0, 0.0) / 100.0) / (1.0 - share)

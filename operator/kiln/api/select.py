@@ -2,9 +2,10 @@
 operator.
 
 Only verified, servable candidates that beat the minimum speedup over the baseline beyond the
-noise qualify: the lower bound of the speedup's interval meets `minSpeedup`, on a measurement
-not flagged as disturbed. A median that meets it with an interval that does not is no
-promotion: the target keeps its baseline, and the reason says to measure again.
+noise qualify: the lower bound of the speedup's interval meets `minSpeedup`, and on a
+measurement flagged as disturbed it still does once divided by the disturbance's noise margin
+(`kiln.builder.interference.noise_margin`). A median that meets it with an interval that does
+not is no promotion: the target keeps its baseline, and the reason says to measure again.
 Among them the guide Kiln grew from decides: the simplest engine is served unless a more
 complex one pays for its extra accuracy risk and upkeep, that is, is faster by more than
 `selection.preferSimplerWithin` *and* beyond the noise of the measurement."""
@@ -69,8 +70,8 @@ def challenge(
     simpler: CandidateStatus, complex_: CandidateStatus, objective: Objective, within: float
 ) -> Challenge:
     """Does `complex_` replace `simpler`? Only if faster by more than `within`, with speedup
-    intervals that do not overlap, on a measurement not flagged as disturbed. The note names
-    every reason it does not."""
+    intervals that do not overlap, and on a disturbed measurement intervals that stay apart
+    even stretched by its noise margin. The note names every reason it does not."""
     base = _metric(simpler, objective)
     ratio = _metric(complex_, objective) / base if base > 0 else float("inf")
     head = f"{complex_.name} is {ratio:.2f}x of {simpler.name}"
@@ -81,7 +82,7 @@ def challenge(
         reasons.append("slower")  # "within preferSimplerWithin" would read as nearly as fast
     elif ratio <= 1.0 + within:
         reasons.append(f"within preferSimplerWithin {within:g}")
-    if complex_.disturbed:
+    if complex_.disturbed and not _clear_of_noise(complex_, simpler):
         reasons.append(f"measurement disturbed: {complex_.disturbed}")
     if reasons:
         note = f"{head} ({'; '.join(reasons)}): serving {simpler.name}"
@@ -126,6 +127,15 @@ def qualified(
     return fast, "" if fast else _why_none(verified, servable, selection)
 
 
+def _clear_of_noise(complex_: CandidateStatus, simpler: CandidateStatus) -> bool:
+    """The two intervals stay apart even stretched by the disturbance's margin (both were
+    measured in the same rounds, so under the same disturbance)."""
+    margin = complex_.noise_margin
+    if margin is None:
+        return False
+    return _interval(complex_).low / margin > _interval(simpler).high * margin
+
+
 def _measured(c: CandidateStatus) -> bool:
     return c.state is State.OK and c.throughput is not None
 
@@ -164,10 +174,14 @@ def unsure(result: TargetStatus, spec: OptimizedModelSpec) -> bool:
 
 
 def noise_problem(c: CandidateStatus, min_speedup: float) -> str | None:
-    """Why `c`'s speedup does not meet `min_speedup` beyond the noise, or None if it does."""
-    if c.disturbed:
-        return f"measurement disturbed: {c.disturbed}"
+    """Why `c`'s speedup does not meet `min_speedup` beyond the noise, or None if it does. A
+    disturbed measurement meets it only with its interval divided by its noise margin (one
+    without a margin, from an older builder, never)."""
     low = _interval(c).low
+    if c.disturbed:
+        if c.noise_margin is None or low / c.noise_margin < min_speedup:
+            return f"measurement disturbed: {c.disturbed}"
+        return None
     if low < min_speedup:
         return f"its 95 % interval reaches down to {low:.2f}x"
     return None
@@ -221,6 +235,7 @@ _HEADLINE = (
     "speedup",
     "speedup_interval",
     "disturbed",
+    "noise_margin",
 )
 
 

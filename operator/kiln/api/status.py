@@ -132,6 +132,12 @@ class BatchBenchmark(KilnModel):
         default=None,
         description="why the numbers may not be clean (CPU pressure, a varying baseline)",
     )
+    noise_margin: float | None = Field(
+        default=None,
+        description="where disturbed: how far the disturbance could have moved a speedup, "
+        "(1 + the baseline's spread between rounds) / (1 - the CPU pressure share); the "
+        "interval is divided by it before it may promote",
+    )
     cpu_pressure_percent: float | None = Field(
         default=None,
         description="share of the rounds' time some task waited for a CPU (Linux PSI)",
@@ -205,6 +211,9 @@ class CandidateStatus(KilnModel):
     speedup_interval: Interval | None = None
     disturbed: str | None = Field(
         default=None, description="the headline measurement may be disturbed, and why"
+    )
+    noise_margin: float | None = Field(
+        default=None, description="the headline measurement's noise margin, where disturbed"
     )
     accuracy: AccuracyResult | None = None
     benchmarks: list[BatchBenchmark] = Field(default_factory=list)
