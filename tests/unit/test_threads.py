@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.runtime.ort_runner import SPINNING, session_options
 from kiln.runtime.threads import (
     available_threads,
     cpu_quota,
@@ -65,3 +66,11 @@ def test_the_status_says_how_each_runtime_waits() -> None:
     assert "OpenMP, waits spinning (libgomp's default)" in default
     assert "OpenVINO: TBB, 1 stream, threads unpinned" in default
     assert "OMP_WAIT_POLICY=PASSIVE" in schedulers({"OMP_WAIT_POLICY": " passive "})
+
+
+def test_onnx_runtime_threads_sleep_when_idle() -> None:
+    """Measured free alone and 1.5x beside CPU hogs (benchmarks/shared_node.py): the session
+    options the benchmark and `kiln serve` share turn spinning off."""
+    for threads in (None, 2):
+        assert session_options(threads).get_session_config_entry(SPINNING) == "0"
+    assert "ONNX Runtime: its own intra-op pool, spinning off" in schedulers({})

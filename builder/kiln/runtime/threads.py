@@ -110,5 +110,5 @@ def schedulers(environ: Mapping[str, str]) -> str:
     omp = f"OMP_WAIT_POLICY={policy}" if policy else "waits spinning (libgomp's default)"
     return (
         f"PyTorch and AOTInductor: OpenMP, {omp}; ONNX Runtime: its own intra-op pool, "
-        "spinning (its default), 1 inter-op thread; OpenVINO: TBB, 1 stream, threads unpinned"
+        "spinning off, 1 inter-op thread; OpenVINO: TBB, 1 stream, threads unpinned"
     )
