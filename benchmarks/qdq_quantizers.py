@@ -4,6 +4,12 @@ post-training quantization (Kiln's default), on the same calibration samples, ju
 same held-out gate samples and timed side by side in ONNX Runtime.
 
     .venv/bin/python benchmarks/qdq_quantizers.py [SPEC] [--artifacts STORE] [--seconds 10]
+        [--dump DIR] [--extra LABEL=MODEL.onnx ...]
+
+`--dump DIR` writes the FP32 ONNX model and the calibration samples (`calibration.npz`, each
+input stacked along its batch axis, in the order the quantizers read them) for a quantizer
+outside this environment (NVIDIA ModelOpt's ONNX PTQ needs its own pins), and stops;
+`--extra` then judges and times the model it made beside Kiln's, on the same samples.
 
 It runs Kiln's export half (reusing what STORE holds) for the ONNX model, the samples and the
 references, quantizes with each of Kiln's two quantizers (`calibration.quantizer`) and with
@@ -62,6 +68,17 @@ def kiln_qdq(onnx_path: Path, samples: list[dict[str, Any]], out: Path, quantize
     return out
 
 
+def dump(folder: Path, source: Path, samples: list[dict[str, Any]]) -> None:
+    """The model and the samples, for a quantizer run elsewhere (every input batched on 0)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, folder / "model.onnx")
+    stacked = {name: np.concatenate([s[name] for s in samples]) for name in samples[0]}
+    np.savez(folder / "calibration.npz", **stacked)  # type: ignore[arg-type]
+    print(f"wrote {folder / 'model.onnx'} and {folder / 'calibration.npz'} ({len(samples)})")
+
+
 def zero_points_all_zero(path: Path) -> bool:
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
@@ -93,6 +110,8 @@ def main() -> int:
     parser.add_argument("--artifacts", type=Path, default=ROOT / ".kiln" / "artifacts")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dump", type=Path, default=None)
+    parser.add_argument("--extra", action="append", default=[], help="LABEL=MODEL.onnx")
     args = parser.parse_args()
     model = load_file(args.spec)
     spec = model.spec
@@ -114,11 +133,17 @@ def main() -> int:
         prepared = prepare(ctx, want_fp16=False)
         samples = list(quantizer_feeds(spec, prepared))
         source, there = prepared.onnx.path, Path(work)
+        if args.dump is not None:
+            dump(args.dump, source, samples)
+            return 0
         models = {
             ORT: kiln_qdq(source, samples, there / "o.onnx", "onnxruntime"),
             "nncf symmetric (Kiln's default)": kiln_qdq(source, samples, there / "k.onnx", "nncf"),
             "nncf's own preset": nncf_qdq(source, samples, there / "n.onnx"),
         }
+        for extra in args.extra:
+            label, _, path = extra.partition("=")
+            models[label] = Path(path)
         threads = args.threads or spec.benchmark.threads
         print(f"\n{len(samples)} calibration samples; {len(prepared.samples)} gate samples")
         print(f"{'model':<36} {'rel. L2 error':>13} {'zero points 0':>13}")
