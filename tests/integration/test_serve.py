@@ -379,3 +379,31 @@ def test_serves_a_stored_result_by_uri_and_key(optimized: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def count(metrics: str, code: str) -> float:
+    line = f'kiln_requests_total{{code="{code}",protocol="rest"}}'
+    return sum(float(m.split()[-1]) for m in metrics.splitlines() if m.startswith(line))
+
+
+def test_every_refusal_has_the_protocol_error_form_and_is_counted(server: Server) -> None:
+    """The framework's own answers too: an unknown route, a wrong method, an unknown model;
+    each is `{"error": ...}` (what tritonclient and perf_analyzer read) and each is counted
+    by code, as are the 200s."""
+    before = httpx.get(f"{server.url}/metrics").text
+    answers = [
+        httpx.get(f"{server.url}/v2/models/tiny/no-such-endpoint"),
+        httpx.get(f"{server.url}/v2/models/tiny/infer"),  # infer is POST only
+        httpx.get(f"{server.url}/v2/models/other"),
+        httpx.post(f"{server.url}/v2/models/other/infer", json={"inputs": []}),
+    ]
+    assert [a.status_code for a in answers] == [404, 405, 404, 404]
+    for answer in answers:
+        assert set(answer.json()) == {"error"}, answer.text
+        assert answer.json()["error"], answer.text
+    assert "unknown model 'other'" in answers[2].json()["error"]
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    after = httpx.get(f"{server.url}/metrics").text
+    assert count(after, "404") - count(before, "404") == 3
+    assert count(after, "405") - count(before, "405") == 1
+    assert count(after, "200") - count(before, "200") >= 1  # the readiness probe

@@ -159,7 +159,7 @@ def test_tritonclient_grpc(server: str, optimized: Path) -> None:
         client.get_model_metadata("other")
     # REST and gRPC share one metrics registry.
     metrics = httpx.get(f"{server}/metrics").text
-    assert 'kiln_requests_total{code="400"}' in metrics
+    assert 'kiln_requests_total{code="INVALID_ARGUMENT",protocol="grpc"}' in metrics
 
 
 def test_statistics_account_for_every_request_over_http_and_grpc(optimized: Path) -> None:

@@ -10,9 +10,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln.api.version import VERSION
 from kiln.serve.batching import Batcher, Infer
@@ -101,9 +104,11 @@ def create_app(
     )
 
     def error(status: int, message: str, kind: str) -> JSONResponse:
-        metrics.requests.labels(code=str(status)).inc()
         metrics.errors.labels(kind=kind).inc()
         return JSONResponse({"error": message}, status_code=status)
+
+    _protocol_errors(app)
+    app.add_middleware(_CountAnswers, metrics=metrics)
 
     def unknown(name: str) -> JSONResponse | None:
         if name != info.name:
@@ -120,7 +125,7 @@ def create_app(
     async def ready() -> Any:
         # The server only listens once the engine has run its warm-up inference.
         if stopping.active:
-            return JSONResponse({"ready": False}, status_code=503)
+            return JSONResponse({"ready": False, "error": DRAINING}, status_code=503)
         return {"ready": True}
 
     @app.get("/v2")
@@ -154,7 +159,9 @@ def create_app(
         if (missing := unknown(name)) is not None:
             return missing
         if stopping.active:
-            return JSONResponse({"name": info.name, "ready": False}, status_code=503)
+            return JSONResponse(
+                {"name": info.name, "ready": False, "error": DRAINING}, status_code=503
+            )
         return {"name": info.name, "ready": True}
 
     @app.post("/v2/models/{name}/infer")
@@ -178,7 +185,6 @@ def create_app(
         answer = await _infer(body, request.headers.get(HEADER_LENGTH))
         metrics.stats.finished(time.perf_counter_ns() - received, answer.status_code == 200)
         if answer.status_code == 200:
-            metrics.requests.labels(code="200").inc()
             metrics.latency.observe(time.perf_counter() - started)
         return answer
 
@@ -211,3 +217,60 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+DRAINING = "the server is draining: it answers the requests it has, and takes no new ones"
+
+
+def _protocol_errors(app: FastAPI) -> None:
+    """The framework's own refusals (an unknown route's 404, a wrong method's 405, a request
+    it cannot bind) in the protocol's error form, `{"error": "..."}`, which clients read
+    (perf_analyzer reads `error` and fails on any other body); a binding failure is a 400,
+    as every bad request of the protocol is; a crash is a 500 in the same form."""
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    async def unbound(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        return JSONResponse({"error": f"bad request: {where}: {first.get('msg', '')}"}, 400)
+
+    async def crashed(_: Request, exc: Exception) -> Response:
+        # A bug, not the client's fault: its type only (the traceback goes to the log).
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, unbound)
+    app.add_exception_handler(Exception, crashed)
+
+
+class _CountAnswers:
+    """Counts every answer under /v2 by status code, whatever produced it (an endpoint, the
+    framework's 404 or 405, a crash's 500), as `kiln_requests_total{protocol="rest"}`. Pure
+    ASGI, so a streamed or large answer passes through untouched."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/v2"):
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def counted(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start" and not answered:
+                answered = True
+                self.metrics.requests.labels(protocol="rest", code=str(message["status"])).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        except Exception:
+            if not answered:  # the server's own error answer, sent after this middleware
+                self.metrics.requests.labels(protocol="rest", code="500").inc()
+            raise

@@ -77,7 +77,7 @@ def servicer(
 
     async def known(name: str, context: Any) -> None:
         if name != info.name:
-            metrics.requests.labels(code="404").inc()
+            metrics.requests.labels(protocol="grpc", code="NOT_FOUND").inc()
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown model {name!r}; this server serves {info.name!r}",
@@ -129,7 +129,7 @@ def servicer(
                 ok = True
             finally:
                 metrics.stats.finished(time.perf_counter_ns() - started, ok)
-            metrics.requests.labels(code="200").inc()
+            metrics.requests.labels(protocol="grpc", code="OK").inc()
             metrics.latency.observe((time.perf_counter_ns() - started) / 1e9)
             return response
 
@@ -144,13 +144,13 @@ async def infer(
         feeds = decode(parsed, info.inputs, info.max_batch, raw)
         wanted = requested_outputs(parsed, info.outputs)
     except BadRequestError as exc:
-        metrics.requests.labels(code="400").inc()
+        metrics.requests.labels(protocol="grpc", code="INVALID_ARGUMENT").inc()
         metrics.errors.labels(kind="bad_input").inc()
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     try:
         outputs = await run_engine(info, batcher, metrics, feeds, wanted)
     except EngineFailedError as exc:
-        metrics.requests.labels(code="500").inc()
+        metrics.requests.labels(protocol="grpc", code="INTERNAL").inc()
         metrics.errors.labels(kind="runtime").inc()
         await context.abort(grpc.StatusCode.INTERNAL, str(exc))
     tensors, contents = [], []

@@ -15,7 +15,11 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter("kiln_requests", "Inference requests", ["code"], registry=r)
+        # Every answer of the protocol's endpoints, by protocol ("rest", "grpc") and code (the
+        # HTTP status, or gRPC's status name), refusals and unknown routes included.
+        self.requests = Counter(
+            "kiln_requests", "Answered requests", ["protocol", "code"], registry=r
+        )
         self.errors = Counter(
             "kiln_request_errors", "Failed inference requests", ["kind"], registry=r
         )
