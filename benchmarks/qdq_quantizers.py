@@ -41,7 +41,7 @@ def nncf_qdq(onnx_path: Path, samples: list[dict[str, Any]], out: Path) -> Path:
 
     import nncf
 
-    nncf.set_log_level(logging.ERROR)
+    logging.getLogger("nncf").setLevel(logging.ERROR)
     model = onnx.load(str(onnx_path))
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
     onnx.save(quantized, str(out))

@@ -120,7 +120,10 @@ def quantize_nncf(
     OpenVINO's CPU plugin where `cpu`, else for any runtime; `ignored_types` stay float."""
     import nncf
 
-    nncf.set_log_level(logging.ERROR)  # its progress bars go to the build log, its notes not
+    # Its progress bars go to the build log, its notes not. The logger's level only: NNCF's
+    # own set_log_level also sets the level of every handler attached to its logger, which
+    # may be another's (a test's log capture was silenced that way).
+    logging.getLogger("nncf").setLevel(logging.ERROR)
     extra: dict[str, Any] = {}
     if ignored_types:
         extra["ignored_scope"] = nncf.IgnoredScope(types=list(ignored_types), validate=False)
