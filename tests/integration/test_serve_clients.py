@@ -162,6 +162,38 @@ def test_tritonclient_grpc(server: str, optimized: Path) -> None:
     assert 'kiln_requests_total{code="INVALID_ARGUMENT",protocol="grpc"}' in metrics
 
 
+def grpc_count(metrics: str, code: str) -> float:
+    line = f'kiln_requests_total{{code="{code}",protocol="grpc"}}'
+    return sum(float(m.split()[-1]) for m in metrics.splitlines() if m.startswith(line))
+
+
+def test_grpc_answers_say_what_was_wrong_and_are_all_counted(server: str) -> None:
+    """An empty request is INVALID_ARGUMENT naming the field (it was UNKNOWN with pydantic's
+    text), a method the service lacks is UNIMPLEMENTED, and every answer is counted by its
+    status name."""
+    import grpc
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    before = httpx.get(f"{server}/metrics").text
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(service_pb2.ModelInferRequest(model_name="tiny"))
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed request: inputs" in str(info.value.details())
+        assert "pydantic" not in str(info.value.details())
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelConfig(service_pb2.ModelConfigRequest(name="tiny"))
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    assert client.is_model_ready("tiny")
+    after = httpx.get(f"{server}/metrics").text
+    assert grpc_count(after, "INVALID_ARGUMENT") - grpc_count(before, "INVALID_ARGUMENT") == 1
+    assert grpc_count(after, "UNIMPLEMENTED") - grpc_count(before, "UNIMPLEMENTED") == 1
+    assert grpc_count(after, "OK") - grpc_count(before, "OK") == 1
+
+
 def test_statistics_account_for_every_request_over_http_and_grpc(optimized: Path) -> None:
     """Triton's statistics extension, read by tritonclient both ways: counts match what was
     sent, and the server's time per request is queue + compute + a positive overhead."""

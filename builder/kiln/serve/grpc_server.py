@@ -5,11 +5,14 @@ the same process and event loop: the same batcher, metrics and readiness. Inputs
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import numpy as np
+from pydantic import ValidationError
 
 from kiln.api.version import VERSION
 from kiln.serve.batching import Batcher
@@ -58,9 +61,14 @@ def as_request(message: Any) -> tuple[InferRequest, dict[str, memoryview] | None
             }
         )
     outputs = [{"name": o.name} for o in message.outputs] or None
-    request = InferRequest.model_validate(
-        {"id": message.id or None, "inputs": tensors, "outputs": outputs}
-    )
+    try:
+        request = InferRequest.model_validate(
+            {"id": message.id or None, "inputs": tensors, "outputs": outputs}
+        )
+    except ValidationError as exc:  # an empty request, say: the field, not pydantic's dump
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        raise BadRequestError(f"malformed request: {where}: {first['msg']}") from None
     raw = None
     if raw_count:
         raw = {
@@ -77,7 +85,6 @@ def servicer(
 
     async def known(name: str, context: Any) -> None:
         if name != info.name:
-            metrics.requests.labels(protocol="grpc", code="NOT_FOUND").inc()
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown model {name!r}; this server serves {info.name!r}",
@@ -129,7 +136,6 @@ def servicer(
                 ok = True
             finally:
                 metrics.stats.finished(time.perf_counter_ns() - started, ok)
-            metrics.requests.labels(protocol="grpc", code="OK").inc()
             metrics.latency.observe((time.perf_counter_ns() - started) / 1e9)
             return response
 
@@ -144,13 +150,11 @@ async def infer(
         feeds = decode(parsed, info.inputs, info.max_batch, raw)
         wanted = requested_outputs(parsed, info.outputs)
     except BadRequestError as exc:
-        metrics.requests.labels(protocol="grpc", code="INVALID_ARGUMENT").inc()
         metrics.errors.labels(kind="bad_input").inc()
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     try:
         outputs = await run_engine(info, batcher, metrics, feeds, wanted)
     except EngineFailedError as exc:
-        metrics.requests.labels(protocol="grpc", code="INTERNAL").inc()
         metrics.errors.labels(kind="runtime").inc()
         await context.abort(grpc.StatusCode.INTERNAL, str(exc))
     tensors, contents = [], []
@@ -184,8 +188,55 @@ def grpc_server(
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.max_send_message_length", max_bytes),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[_Answers(metrics)])
     stubs, service = servicer(info, batcher, metrics, draining)
     stubs.add_GRPCInferenceServiceServicer_to_server(service, server)
     server.add_insecure_port(address)
     return server
+
+
+log = logging.getLogger(__name__)
+_Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+class _Answers(grpc.aio.ServerInterceptor):
+    """Counts every RPC's answer by its status (`kiln_requests_total{protocol="grpc"}`), an
+    unknown method's UNIMPLEMENTED included, and turns an exception no handler expected into
+    INTERNAL naming only its type, never UNKNOWN with the internals' text."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def count(self, code: grpc.StatusCode) -> None:
+        self.metrics.requests.labels(protocol="grpc", code=code.name).inc()
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:  # no such method: grpc answers UNIMPLEMENTED
+            self.count(grpc.StatusCode.UNIMPLEMENTED)
+            return None
+        if handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self.answered(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def answered(self, inner: _Handler) -> _Handler:
+        async def call(request: Any, context: Any) -> Any:
+            try:
+                response = await inner(request, context)
+            except grpc.aio.AbortError:
+                self.count(context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            except Exception as exc:
+                log.exception("gRPC handler failed")  # a bug: the traceback goes to the log
+                self.count(grpc.StatusCode.INTERNAL)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
+                )
+            self.count(context.code() or grpc.StatusCode.OK)
+            return response
+
+        return call
