@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -89,22 +90,24 @@ def test_scales_do_not_depend_on_how_the_samples_arrive(
             assert sample_by_sample[name] == pytest.approx(scale, rel=0.1), name
 
 
-def masked_attention_onnx(path: Path) -> None:
+def masked_attention_onnx(path: Path, gate: str = "Softmax") -> None:
     """x [N, 2, 8], keep [N, 1, 16] -> MatMul -> + Where(keep, 0, -inf) -> Softmax -> MatMul
     -> y [N, 2, 4]: attention over padded keys as exported transformers compute it, where the
     mask and the sum before the softmax hold -inf. Batched (3-D), as attention is: a 2-D
-    MatMul and Add would be fused into one Gemm before quantization."""
+    MatMul and Add would be fused into one Gemm before quantization. `gate="Exp"` makes the
+    same mask gate a graph with no attention (exp(-inf) = 0)."""
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
     zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
     minus_inf = numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf")
+    attributes: dict[str, Any] = {"axis": -1} if gate == "Softmax" else {}
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w1"], ["scores"]),
             helper.make_node("Where", ["keep", "zero", "minus_inf"], ["mask"]),
             helper.make_node("Add", ["scores", "mask"], ["masked"]),
-            helper.make_node("Softmax", ["masked"], ["weights"], axis=-1),
+            helper.make_node(gate, ["masked"], ["weights"], **attributes),
             helper.make_node("MatMul", ["weights", "w2"], ["y"]),
         ],
         "attention",
@@ -277,31 +280,8 @@ def test_nncf_narrows_to_the_matrix_products_where_an_activation_is_infinite(
 ) -> None:
     """Outside an attention (no Softmax), NNCF calibrates a -inf to an infinite scale: the
     model is quantized again in its matrix products only, and says so."""
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
-    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
-    minus_inf = numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["scores"]),
-            helper.make_node("Where", ["keep", "zero", "minus_inf"], ["mask"]),
-            helper.make_node("Add", ["scores", "mask"], ["masked"]),
-            helper.make_node("Exp", ["masked"], ["gated"]),  # exp(-inf) = 0: the mask gates
-            helper.make_node("MatMul", ["gated", "w2"], ["y"]),
-        ],
-        "gated",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8]),
-            helper.make_tensor_value_info("keep", TensorProto.BOOL, ["N", 1, 16]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4])],
-        [w1, w2, zero, minus_inf],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     source = tmp_path / "m.onnx"
-    onnx.save(model, str(source))
+    masked_attention_onnx(source, gate="Exp")
     data = 0.3 * np.random.default_rng(1).standard_normal((32, 2, 8)).astype(np.float32)
     keep = np.ones((32, 1, 16), bool)
     keep[::2, :, 12:] = False
@@ -314,5 +294,5 @@ def test_nncf_narrows_to_the_matrix_products_where_an_activation_is_infinite(
     label = quantize_qdq_nncf(source, out, samples, cal, 32, _Quiet())
     assert label.endswith(NARROWED), label
     assert infinite_scales(out) == []
-    assert set(scales(out)) <= {"x", "gated"}, scales(out)
+    assert set(scales(out)) <= {"x", "weights"}, scales(out)
     assert "x" in scales(out)
