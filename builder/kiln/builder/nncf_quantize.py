@@ -24,11 +24,11 @@ from kiln.runtime.base import Feeds
 # Ops whose presence makes NNCF's transformer scheme the right one: it keeps the attention's
 # softmax path and layer norms in floating point, where INT8 hurts accuracy most, and so never
 # quantizes the -inf of a padding mask.
-ATTENTION_OPS = frozenset({"Softmax"})
+_ATTENTION_OPS = frozenset({"Softmax"})
 
 
-def has_attention(op_types: Iterable[str]) -> bool:
-    return any(op in ATTENTION_OPS for op in op_types)
+def _has_attention(op_types: Iterable[str]) -> bool:
+    return any(op in _ATTENTION_OPS for op in op_types)
 
 
 def nncf_options(cal: Calibration, attention: bool, symmetric: bool) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def ranges_label(cal: Calibration) -> str:
     return "NNCF's default"
 
 
-def scheme(cal: Calibration, attention: bool, total: int) -> str:
+def _scheme(cal: Calibration, attention: bool, total: int) -> str:
     """What made the INT8 model, for the stage's line and the artifact's manifest."""
     name = "NNCF post-training, transformer scheme" if attention else "NNCF post-training"
     return f"{name}, {ranges_label(cal)} ranges, {total} samples"
@@ -115,9 +115,10 @@ def quantize_nncf(
     symmetric: bool,
     cpu: bool = False,
     ignored_types: Sequence[str] = (),
-) -> Any:
+) -> tuple[Any, str]:
     """`model` (an ONNX ModelProto or an OpenVINO model) quantized on `total` samples, for
-    OpenVINO's CPU plugin where `cpu`, else for any runtime; `ignored_types` stay float."""
+    OpenVINO's CPU plugin where `cpu`, else for any runtime; `ignored_types` stay float. With
+    the scheme that made it (`_scheme`), for the stage's line and the artifact's manifest."""
     import nncf
 
     # Its progress bars go to the build log, its notes not. The logger's level only: NNCF's
@@ -127,14 +128,16 @@ def quantize_nncf(
     extra: dict[str, Any] = {}
     if ignored_types:
         extra["ignored_scope"] = nncf.IgnoredScope(types=list(ignored_types), validate=False)
-    return nncf.quantize(
+    attention = _has_attention(_op_types(model))
+    quantized = nncf.quantize(
         model,
         nncf.Dataset(_Samples(samples, step)),
         subset_size=total,
         target_device=nncf.TargetDevice.CPU if cpu else nncf.TargetDevice.ANY,
-        **nncf_options(cal, has_attention(_op_types(model)), symmetric),
+        **nncf_options(cal, attention, symmetric),
         **extra,
     )
+    return quantized, _scheme(cal, attention, total)
 
 
 def _op_types(model: Any) -> set[str]:
@@ -156,13 +159,12 @@ def quantize_qdq_nncf(
     quantizes a mask), NNCF calibrates it to an infinite scale: then only the matrix products
     are quantized, as with ONNX Runtime's quantizer. Returns what the model holds."""
     model = onnx.load(str(source))
-    ops = {node.op_type for node in model.graph.node}
-    onnx.save(quantize_nncf(model, samples, cal, total, step, symmetric=True), str(out))
-    label = scheme(cal, has_attention(ops), total)
+    others = sorted(_op_types(model) - set(MATRIX_OPS))
+    quantized, label = quantize_nncf(model, samples, cal, total, step, symmetric=True)
+    onnx.save(quantized, str(out))
     if not infinite_scales(out):
         return label
-    others = sorted(ops - set(MATRIX_OPS))
-    narrowed = quantize_nncf(
+    narrowed, _ = quantize_nncf(
         onnx.load(str(source)), samples, cal, total, None, symmetric=True, ignored_types=others
     )
     onnx.save(narrowed, str(out))

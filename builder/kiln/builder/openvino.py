@@ -20,7 +20,7 @@ from kiln.api.keys import cache_key
 from kiln.api.spec import OptimizedModelSpec, Precision
 from kiln.builder.candidates import CandidatePlan
 from kiln.builder.context import BuildContext
-from kiln.builder.nncf_quantize import has_attention, quantize_nncf, ranges_label, scheme
+from kiln.builder.nncf_quantize import quantize_nncf, ranges_label
 from kiln.builder.prepare import ModelArtifact, Prepared, model_artifact, quantizer_feeds
 from kiln.runtime.ov_runner import weights_of
 
@@ -84,8 +84,6 @@ def _quantize(model: Any, prepared: Prepared, ctx: BuildContext) -> tuple[Any, s
     assert prepared.quantizer is not None
     assert ctx.spec.calibration is not None
     cal, total = ctx.spec.calibration, prepared.quantizer.calibrate
-    attention = has_attention(op.get_type_name() for op in model.get_ordered_ops())
     # NNCF's own preset (asymmetric activations for transformers): OpenVINO takes either form.
     samples = partial(quantizer_feeds, ctx.spec, prepared)
-    quantized = quantize_nncf(model, samples, cal, total, None, symmetric=False, cpu=True)
-    return quantized, scheme(cal, attention, total)
+    return quantize_nncf(model, samples, cal, total, None, symmetric=False, cpu=True)
