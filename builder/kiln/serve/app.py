@@ -33,6 +33,7 @@ from kiln.serve.protocol import (
     decode,
     encode,
     encode_binary,
+    malformed,
     requested_outputs,
     split_body,
     tensor_metadata,
@@ -195,9 +196,7 @@ def create_app(
         except BadRequestError as exc:
             return error(400, str(exc), "malformed")
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            return error(400, f"malformed request: {where}: {first['msg']}", "malformed")
+            return error(400, malformed(exc, "body"), "malformed")
         try:
             feeds = decode(parsed, info.inputs, info.max_batch, binary_inputs(parsed, binary))
         except BadRequestError as exc:

@@ -25,6 +25,7 @@ from kiln.serve.protocol import (
     InferRequest,
     datatype_of,
     decode,
+    malformed,
     requested_outputs,
     tensor_metadata,
 )
@@ -65,10 +66,8 @@ def as_request(message: Any) -> tuple[InferRequest, dict[str, memoryview] | None
         request = InferRequest.model_validate(
             {"id": message.id or None, "inputs": tensors, "outputs": outputs}
         )
-    except ValidationError as exc:  # an empty request, say: the field, not pydantic's dump
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise BadRequestError(f"malformed request: {where}: {first['msg']}") from None
+    except ValidationError as exc:  # an empty request, say
+        raise BadRequestError(malformed(exc, "request")) from None
     raw = None
     if raw_count:
         raw = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kiln.api.spec import DType, OptimizedModelSpec, TensorSpec, length_conflict
 from kiln.runtime.base import Array, Feeds
@@ -35,6 +35,14 @@ _NUMPY = {
 
 class BadRequestError(ValueError):
     """A client error: answered with 400 and this message."""
+
+
+def malformed(exc: ValidationError, whole: str) -> str:
+    """A request the protocol's models refuse, in one line: the first field and why (`whole`
+    names the request where the field is the request itself), not pydantic's dump."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or whole
+    return f"malformed request: {where}: {first['msg']}"
 
 
 class RequestTensor(BaseModel):
